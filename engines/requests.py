@@ -1,0 +1,80 @@
+"""Per-modality requests, validated at construction so bad input never reaches a model.
+
+Each field error raises `InvalidRequest` naming the field, the value and the allowed range.
+`None` for steps/guidance means "the checkpoint's default" and is resolved by the engine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from engines.errors import InvalidRequest
+
+MAX_PROMPT_CHARS = 1000
+MAX_STEPS = 1000
+MAX_BATCH = 64
+MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 30.0
+
+
+def as_int(name: str, value: Any, low: int, high: int) -> int:
+    """An integer in [low, high]; integral floats (as UI number boxes send them) are accepted."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidRequest(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise InvalidRequest(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def as_float(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a number from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be from {low} to {high}, got {value}")
+    return float(value)
+
+
+def as_prompt(value: Any, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"prompt must be text, got {type(value).__name__}")
+    prompt = value.strip()
+    if not prompt:
+        raise InvalidRequest("prompt is empty: describe what to generate, e.g. 'a red circle left of a blue square'")
+    if len(prompt) > max_chars:
+        raise InvalidRequest(f"prompt is {len(prompt)} characters long; the limit is {max_chars}. Shorten it.")
+    return prompt
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A fixed seed as given, or a fresh random one (reported back in the Result)."""
+    return random.SystemRandom().randrange(0, 2**31) if seed is None else seed
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """Text-to-image: `batch` images, image i drawn from seed + i."""
+
+    prompt: str
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", as_prompt(self.prompt))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", as_int("seed", self.seed, 0, MAX_SEED - MAX_BATCH))
+        if self.steps is not None:
+            object.__setattr__(self, "steps", as_int("steps", self.steps, 1, MAX_STEPS))
+        if self.guidance is not None:
+            object.__setattr__(self, "guidance", as_float("guidance", self.guidance, 0.0, MAX_GUIDANCE))
+        object.__setattr__(self, "batch", as_int("batch", self.batch, 1, MAX_BATCH))

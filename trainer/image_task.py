@@ -1,0 +1,121 @@
+"""What every image method shares: world batches at the network's resolution, judged evaluation,
+sample grids and the export of a finished network as a shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
+
+from engines.card import ModelCard
+from engines.image import initial_noise, to_pil, transformer_velocity
+from engines.samplers import flow_match_sample
+from engines.text_encoder import TextEncoder
+from trainer.worlds import shapes
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def world_batch(batch_size: int, seed: int, rank: int, step: int, resolution: int, device: torch.device) -> tuple[torch.Tensor, list[str]]:
+    """Images in [-1, 1] at `resolution` and their captions, fixed by (seed, rank, step)."""
+    rng = shapes.step_rng(seed, rank, step)
+    scenes = [shapes.sample_scene(rng) for _ in range(batch_size)]
+    images = shapes.render(scenes, device)
+    if resolution != images.shape[-1]:
+        images = torch.nn.functional.interpolate(images, size=(resolution, resolution), mode="area")
+    return images * 2 - 1, [s.caption for s in scenes]
+
+
+def new_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+@torch.no_grad()
+def sample_images(network, text_encoder: TextEncoder, prompts: list[str], seeds: list[int], steps: int, guidance: float, device: torch.device, batch_size: int = 64, shift: float = 1.0) -> torch.Tensor:
+    """Final images (B, 3, H, W) in [-1, 1] through the shared sampler, in chunks."""
+    res = int(network.config.sample_size)
+    channels = int(network.config.in_channels)
+    velocity = lambda x, t, emb: transformer_velocity(network, x, t, emb)  # noqa: E731
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk, chunk_seeds = prompts[i : i + batch_size], seeds[i : i + batch_size]
+        noise = torch.cat([initial_noise(s, 1, (channels, res, res), device) for s in chunk_seeds])
+        cond = text_encoder.encode(chunk).to(device)
+        null = text_encoder.null(len(chunk)).to(device)
+        state = None
+        for state in flow_match_sample(velocity, new_scheduler(shift), noise, steps, cond, null, guidance):
+            pass
+        out.append(state.x)
+    return torch.cat(out)
+
+
+def evaluate(network, text_encoder: TextEncoder, n: int, steps: int, guidance: float, device: torch.device, seed: int = 2024) -> dict[str, float]:
+    """Judge scores on the first `n` held-out scenes (fixed seeds), as in `bench image`."""
+    scenes = shapes.eval_scenes(n, seed)
+    images = sample_images(network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device)
+    if images.shape[-1] != shapes.RESOLUTION:
+        images = torch.nn.functional.interpolate(images, size=(shapes.RESOLUTION,) * 2, mode="nearest")
+    return shapes.judge(shapes.to_uint8((images + 1) / 2), [s.condition for s in scenes])
+
+
+def image_grid(images: list[Image.Image], columns: int = 8, scale: int = 2) -> Image.Image:
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * w, (i // columns) * h))
+    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+
+
+def sample_grid(network, text_encoder: TextEncoder, steps: int, guidance: float, device: torch.device, n: int = 16) -> Image.Image:
+    scenes = shapes.eval_scenes(n, seed=7)
+    images = sample_images(network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device)
+    return image_grid(to_pil(images))
+
+
+def export_checkpoint(network, directory: Path, card: ModelCard, dtype: str = "float16", scheduler_shift: float = 1.0) -> Path:
+    """Write transformer/ + scheduler/ + card.json (+ README.md) as a loadable checkpoint."""
+    import copy
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shipped = copy.deepcopy(network).to("cpu", DTYPES[dtype])
+    shipped.save_pretrained(directory / "transformer", safe_serialization=True)
+    new_scheduler(scheduler_shift).save_pretrained(directory / "scheduler")
+    card.save(directory)
+    write_model_card(directory)
+    return directory
+
+
+def write_model_card(directory: Path) -> Path:
+    """README.md for a checkpoint, generated from card.json so the two never disagree."""
+    card: dict[str, Any] = json.loads((Path(directory) / "card.json").read_text())
+    lines = [
+        f"# {card['id']}",
+        "",
+        card.get("description") or f"A {card['modality']} {card['role']} trained by Distillery.",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+    ]
+    for key in ("modality", "role", "teacher", "method", "default_steps", "default_guidance", "resolution", "train_gpu_seconds", "device"):
+        if card.get(key) is not None:
+            lines.append(f"| {key} | {card[key]} |")
+    lines.append(f"| data | `{json.dumps(card.get('data', {}))}` |")
+    lines.append(f"| text encoder | `{json.dumps(card.get('text_encoder', {}))}` |")
+    metrics = card.get("metrics") or {}
+    if metrics:
+        lines += ["", "## Measured metrics", "", f"Source: `{metrics.get('source', 'training-time evaluation')}`.", ""]
+        for name, table in metrics.items():
+            if isinstance(table, dict) and table:
+                lines += [f"### {name}", "", "| " + " | ".join(table) + " |", "|" + " --- |" * len(table)]
+                lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in table.values()) + " |")
+                lines.append("")
+    path = Path(directory) / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

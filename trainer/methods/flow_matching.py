@@ -1,0 +1,71 @@
+"""Flow matching (rectified flow) teacher with classifier-free-guidance dropout.
+
+Lipman et al. 2023 / Liu et al. 2023; SD3 (Esser et al. 2024) timestep sampling:
+    x_sigma = (1 - sigma) x0 + sigma eps,   L = E || v_theta(x_sigma, sigma, c) - (eps - x0) ||^2,
+with sigma ~ logit-normal(m, s) and c replaced by the null condition with probability p_drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engines.image import transformer_velocity
+from engines.text_encoder import TextEmbedding, TextEncoder
+from trainer.config import TrainConfig, build
+from trainer.image_task import world_batch
+from trainer.networks import build_network
+
+
+@dataclass
+class FlowMatchingConfig:
+    cfg_dropout: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+
+def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Mean squared error to the straight-path velocity eps - x0. Shapes: (B, C, H, W) each -> scalar."""
+    return torch.mean((velocity.float() - (noise - x0).float()) ** 2)
+
+
+def drop_condition(emb: TextEmbedding, keep: torch.Tensor) -> TextEmbedding:
+    """Zero the condition where keep is False (the null condition used by CFG). keep: (B,) bool."""
+    k = keep.to(emb.states.dtype)
+    return TextEmbedding(emb.states * k[:, None, None], emb.pooled * k[:, None], emb.mask & keep[:, None])
+
+
+class FlowMatching:
+    """Roles: `model` (trained, EMA'd). No frozen roles."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, text_encoder: TextEncoder) -> None:
+        self.config = config
+        self.args: FlowMatchingConfig = build(FlowMatchingConfig, config.method_config, prefix="method_config.")
+        self.device = device
+        self.text_encoder = text_encoder
+        network = build_network(config.model_preset)
+        self.networks = {"model": network}
+        self.ema_roles = ("model",)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.networks["model"].config.sample_size)
+
+    def batch(self, step: int, rank: int, micro: int) -> dict:
+        images, captions = world_batch(self.config.batch_size, self.config.seed, rank, step * 1000 + micro, self.resolution, self.device)
+        return {"images": images, "captions": captions}
+
+    def losses(self, networks: dict, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        x0 = batch["images"]
+        b = x0.shape[0]
+        emb = self.text_encoder.encode(batch["captions"]).to(self.device)
+        keep = torch.rand(b, generator=generator, device=self.device) >= self.args.cfg_dropout
+        emb = drop_condition(emb, keep)
+        sigma = torch.sigmoid(self.args.logit_mean + self.args.logit_std * torch.randn(b, generator=generator, device=self.device))
+        noise = torch.randn(x0.shape, generator=generator, device=self.device)
+        s = sigma.view(b, 1, 1, 1)
+        x_sigma = (1 - s) * x0 + s * noise
+        velocity = transformer_velocity(networks["model"], x_sigma, sigma * 1000, emb)
+        loss = flow_matching_loss(velocity, x0, noise)
+        return {"model": loss}, {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
