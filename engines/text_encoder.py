@@ -81,17 +81,22 @@ class TextEncoder:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"))
+
     @torch.no_grad()
-    def _encode_uncached(self, prompts: list[str]) -> TextEmbedding:
-        tokens = self.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
-        ).to(self.device)
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> TextEmbedding:
+        """Embed already-tokenized prompts (tokenizing can then happen in data-loader workers)."""
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
         states = self.model(**tokens).last_hidden_state.float()
         mask = tokens["attention_mask"].bool()
         states = states * mask.unsqueeze(-1)
         pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return TextEmbedding(states, pooled, mask)
+
+    def _encode_uncached(self, prompts: list[str]) -> TextEmbedding:
+        return self.encode_tokens(self.tokenize(prompts))
 
     def encode(self, prompts: list[str] | str) -> TextEmbedding:
         """Embed prompts; repeated prompts come from an LRU cache."""

@@ -58,6 +58,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
+    num_workers: int = 0  # data-loader processes making batches ahead of the GPU
     log_every: int = 10
     sample_every: int = 500
     eval_every: int = 1000

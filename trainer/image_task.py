@@ -21,14 +21,23 @@ from trainer.worlds import shapes
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def world_batch(batch_size: int, seed: int, rank: int, step: int, resolution: int, device: torch.device) -> tuple[torch.Tensor, list[str]]:
-    """Images in [-1, 1] at `resolution` and their captions, fixed by (seed, rank, step)."""
-    rng = shapes.step_rng(seed, rank, step)
+def world_batch_cpu(step: int, rank: int, micro: int, *, seed: int, batch_size: int, tokenizer=None, max_tokens: int = 40) -> dict:
+    """The CPU half of a batch, fixed by (seed, rank, step, micro): scene parameters, captions,
+    tokens. Picklable and cheap, so data-loader workers make it while the GPU trains."""
+    rng = shapes.step_rng(seed, rank, step * 1000 + micro)
     scenes = [shapes.sample_scene(rng) for _ in range(batch_size)]
-    images = shapes.render(scenes, device)
+    batch = {"params": shapes.scene_tensors(scenes), "captions": [s.caption for s in scenes]}
+    if tokenizer is not None:
+        batch["tokens"] = dict(tokenizer(batch["captions"], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt"))
+    return batch
+
+
+def render_batch(batch: dict, resolution: int, device: torch.device) -> torch.Tensor:
+    """The GPU half: render scene parameters to images in [-1, 1] at `resolution`."""
+    images = shapes.render_tensors({k: v.to(device, non_blocking=True) for k, v in batch["params"].items()})
     if resolution != images.shape[-1]:
         images = torch.nn.functional.interpolate(images, size=(resolution, resolution), mode="area")
-    return images * 2 - 1, [s.caption for s in scenes]
+    return images * 2 - 1
 
 
 def new_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:

@@ -68,6 +68,21 @@ class StopFlag:
                 signal.signal(s, handler)
 
 
+class StepBatches:
+    """Map-style dataset over (step, micro) from `start`: item k is the batch of step
+    start + k // accum, micro-batch k % accum, made by `make(step, rank, micro)`."""
+
+    def __init__(self, make, rank: int, start: int, stop: int, accum: int) -> None:
+        self.make, self.rank, self.start, self.accum = make, rank, start, accum
+        self.length = max(0, stop - start) * accum
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> dict:
+        return self.make(self.start + k // self.accum, self.rank, k % self.accum)
+
+
 def _trim_log(path: Path, last_step: int) -> None:
     """On resume, drop log lines from steps after the checkpoint: they will be redone."""
     if not path.exists():
@@ -150,14 +165,29 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        StepBatches(method.data_source(), rank, start_step, config.max_steps, config.grad_accum),
+        batch_size=None, num_workers=config.num_workers, prefetch_factor=4 if config.num_workers else None,
+        pin_memory=device.type == "cuda",
+    )
+    batches = iter(loader)
+    def run_eval(at_step: int) -> dict[str, float]:
+        scores = evaluate(next(iter(ema.values())), text_encoder, config.eval_prompts, eval_steps, eval_guidance, device)
+        log({"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance} | {f"eval/{k}": v for k, v in scores.items()})
+        print(f"eval at step {at_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+        return scores
+
     started = time.perf_counter()
     step = start_step
-    last_eval: dict[str, float] = {}
+    budget_reached = False
     window_start, window_images = time.perf_counter(), 0
     with stop.on_signals():
         while step < config.max_steps and not stop:
             if config.max_minutes and (time.perf_counter() - started) / 60 >= config.max_minutes:
                 print(f"time budget of {config.max_minutes} min reached at step {step}", flush=True)
+                budget_reached = True
                 break
             generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, rank, step))
             lr = lr_at(config, step)
@@ -166,7 +196,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                     group["lr"] = lr
             totals: dict[str, torch.Tensor] = {}
             for micro in range(config.grad_accum):
-                batch = method.batch(step, rank, micro)
+                batch = next(batches)
                 sync = micro == config.grad_accum - 1
                 contexts = [accelerator.no_sync(net) for net in networks.values()] if not sync else []
                 with contextlib.ExitStack() as stack:
@@ -212,17 +242,16 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                 grid.save(run_dir / "samples" / f"step-{step:08d}.png")
                 grid.save(run_dir / "samples" / "latest.png")
             if accelerator.is_main_process and step % config.eval_every == 0:
-                last_eval = evaluate(next(iter(ema.values())), text_encoder, config.eval_prompts, eval_steps, eval_guidance, device)
-                log({"step": step, "eval_steps": eval_steps, "eval_guidance": eval_guidance} | {f"eval/{k}": v for k, v in last_eval.items()})
-                print(f"eval at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items()), flush=True)
+                run_eval(step)
             if step % config.checkpoint_every == 0 and step < config.max_steps:
                 save(step)
 
     final_ckpt = save(step)
-    summary = {"step": step, "finished": step >= config.max_steps, "checkpoint": str(final_ckpt) if final_ckpt else None,
+    finished = step >= config.max_steps or budget_reached  # a spent time budget also ends the run
+    summary = {"step": step, "finished": finished, "checkpoint": str(final_ckpt) if final_ckpt else None,
                "elapsed_seconds": elapsed_before + time.perf_counter() - started, "images_seen": images_seen}
-    if step >= config.max_steps and accelerator.is_main_process:
-        summary["model"] = str(export(config, ema[method.ema_roles[0]], summary, last_eval, device))
+    if finished and accelerator.is_main_process:
+        summary["model"] = str(export(config, ema[method.ema_roles[0]], summary, run_eval(step), device))
     return summary
 
 

@@ -14,7 +14,9 @@ import torch
 from engines.image import transformer_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer.config import TrainConfig, build
-from trainer.image_task import world_batch
+import functools
+
+from trainer.image_task import render_batch, world_batch_cpu
 from trainer.networks import build_network
 
 
@@ -52,14 +54,15 @@ class FlowMatching:
     def resolution(self) -> int:
         return int(self.networks["model"].config.sample_size)
 
-    def batch(self, step: int, rank: int, micro: int) -> dict:
-        images, captions = world_batch(self.config.batch_size, self.config.seed, rank, step * 1000 + micro, self.resolution, self.device)
-        return {"images": images, "captions": captions}
+    def data_source(self):
+        """Picklable (step, rank, micro) -> CPU batch, run in data-loader workers."""
+        return functools.partial(world_batch_cpu, seed=self.config.seed, batch_size=self.config.batch_size,
+                                 tokenizer=self.text_encoder.tokenizer, max_tokens=self.text_encoder.max_tokens)
 
     def losses(self, networks: dict, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        x0 = batch["images"]
+        x0 = render_batch(batch, self.resolution, self.device)
         b = x0.shape[0]
-        emb = self.text_encoder.encode(batch["captions"]).to(self.device)
+        emb = self.text_encoder.encode_tokens(batch["tokens"])
         keep = torch.rand(b, generator=generator, device=self.device) >= self.args.cfg_dropout
         emb = drop_condition(emb, keep)
         sigma = torch.sigmoid(self.args.logit_mean + self.args.logit_std * torch.randn(b, generator=generator, device=self.device))

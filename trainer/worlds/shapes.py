@@ -296,24 +296,26 @@ def shape_masks(
     return torch.nn.functional.avg_pool2d(inside.unsqueeze(1), supersample).squeeze(1)
 
 
+_RGB = {name: np.array(rgb, dtype=np.float32) / 255.0 for name, (rgb, _) in COLORS.items()}
+
+
 def scene_tensors(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     """Pack scenes into padded (B, MAX_OBJECTS) parameter tensors (cheap; done on the CPU)."""
     b = len(scenes)
-    out = {
-        "active": torch.zeros(b, MAX_OBJECTS, dtype=torch.bool),
-        "shape": torch.zeros(b, MAX_OBJECTS, dtype=torch.long),
-        "rgb": torch.zeros(b, MAX_OBJECTS, 3),
-        "x": torch.zeros(b, MAX_OBJECTS),
-        "y": torch.zeros(b, MAX_OBJECTS),
-        "r": torch.ones(b, MAX_OBJECTS),
-    }
+    active = np.zeros((b, MAX_OBJECTS), dtype=bool)
+    shape = np.zeros((b, MAX_OBJECTS), dtype=np.int64)
+    rgb = np.zeros((b, MAX_OBJECTS, 3), dtype=np.float32)
+    xyr = np.ones((3, b, MAX_OBJECTS), dtype=np.float32)
     for i, scene in enumerate(scenes):
         for j, obj in enumerate(scene.objects):
-            out["active"][i, j] = True
-            out["shape"][i, j] = _SHAPE_INDEX[obj.shape]
-            out["rgb"][i, j] = torch.tensor(COLORS[obj.color][0], dtype=torch.float32) / 255.0
-            out["x"][i, j], out["y"][i, j], out["r"][i, j] = obj.x, obj.y, SIZES[obj.size][0]
-    return out
+            active[i, j] = True
+            shape[i, j] = _SHAPE_INDEX[obj.shape]
+            rgb[i, j] = _RGB[obj.color]
+            xyr[:, i, j] = (obj.x, obj.y, SIZES[obj.size][0])
+    return {
+        "active": torch.from_numpy(active), "shape": torch.from_numpy(shape), "rgb": torch.from_numpy(rgb),
+        "x": torch.from_numpy(xyr[0]), "y": torch.from_numpy(xyr[1]), "r": torch.from_numpy(xyr[2]),
+    }
 
 
 def render_tensors(params: dict[str, torch.Tensor], resolution: int = RESOLUTION) -> torch.Tensor:
@@ -364,7 +366,8 @@ _PALETTE = np.array([COLORS[c][0] for c in COLOR_NAMES], dtype=np.float32)
 _BG = np.array(BACKGROUND, dtype=np.float32)
 _SIZE_RADII = np.array([SIZES[s][0] for s in SIZE_NAMES], dtype=np.float32)
 MIN_AREA = 12  # pixels at 64x64; smaller blobs are noise, not objects (a small triangle covers ~60)
-MAX_FIT_ERROR = 0.45  # mean |alpha - template| over the union; above it no shape fits
+MAX_FIT_ERROR = 0.4  # |alpha - template| summed over the union, normalised; above it no shape fits
+MAX_COLOR_SPREAD = 60.0  # median RGB distance of a blob's core from its palette colour
 
 
 def _fit_shape(alpha: np.ndarray, origin: tuple[int, int], cx: float, cy: float, radius: float) -> tuple[int, float, float]:
@@ -422,10 +425,14 @@ def detect(image: np.ndarray) -> list[Detection]:
         cy, cx = box[0].start + h / 2, box[1].start + w / 2
         shape, error, radius = _fit_shape(alpha.astype(np.float32), (y0, x0), cx, cy, (h + w) / 4)
         size = SIZE_NAMES[int(np.argmin(np.abs(_SIZE_RADII - radius / scale)))]
+        # A blob is an object only if it is one flat colour of the palette, of a size the world
+        # draws, and a template explains it; smeared or noisy blobs are counted but match nothing.
+        spread = float(np.median(np.linalg.norm(pixels[box][core] - _PALETTE[color_index], axis=1)))
+        recognised = error <= MAX_FIT_ERROR and spread <= MAX_COLOR_SPREAD and radius / scale <= 1.25 * _SIZE_RADII.max()
         ys, xs = np.nonzero(mask)
         found.append(
             Detection(
-                SHAPE_NAMES[shape] if error <= MAX_FIT_ERROR else None,
+                SHAPE_NAMES[shape] if recognised else None,
                 COLOR_NAMES[color_index],
                 size,
                 (box[1].start + xs.mean() + 0.5) / scale,
