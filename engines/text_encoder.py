@@ -60,6 +60,9 @@ class TextEncoder:
         cache_size: int = 4096,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a per-load progress bar is noise in the studio's log
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if source is None:
