@@ -30,8 +30,8 @@ class Engine(Protocol):
 def collect(stream: Iterator[Result]) -> Result:
     """Run a stream to its end and return the final result."""
     last: Result | None = None
-    for last in stream:
-        pass
+    for result in stream:
+        last = result
     if last is None or not last.final:
         raise RuntimeError("engine stream ended without a final result")
     return last

@@ -51,7 +51,9 @@ def check_safetensors(directory: Path) -> list[Path]:
             if 8 + header + end > size:
                 raise ValueError(f"file holds {size} bytes but its header needs {8 + header + end}")
         except Exception as err:  # safetensors raises its own error types; all mean the same here
-            raise CheckpointError(f"{file} is not a readable safetensors file ({err}); it may be truncated: re-export or re-download it") from err
+            raise CheckpointError(
+                f"{file} is not a readable safetensors file ({err}); it may be truncated: re-export or re-download it"
+            ) from err
     return files
 
 
@@ -61,7 +63,9 @@ def load_diffusers_model(directory: Path, expected_class: str, dtype: torch.dtyp
     config = read_config(directory, "config.json")
     class_name = config.get("_class_name", expected_class)
     if class_name not in _DIFFUSERS_MODELS:
-        raise CheckpointError(f"{directory}/config.json names model class {class_name!r}; supported: {', '.join(sorted(_DIFFUSERS_MODELS))}")
+        raise CheckpointError(
+            f"{directory}/config.json names model class {class_name!r}; supported: {', '.join(sorted(_DIFFUSERS_MODELS))}"
+        )
     check_safetensors(directory)
     cls = getattr(importlib.import_module("diffusers"), class_name)
     try:
@@ -75,6 +79,8 @@ def load_scheduler(directory: Path):
     config = read_config(directory, "scheduler_config.json")
     class_name = config.get("_class_name")
     if class_name not in _SCHEDULERS:
-        raise CheckpointError(f"{directory}/scheduler_config.json names scheduler {class_name!r}; supported: {', '.join(sorted(_SCHEDULERS))}")
+        raise CheckpointError(
+            f"{directory}/scheduler_config.json names scheduler {class_name!r}; supported: {', '.join(sorted(_SCHEDULERS))}"
+        )
     cls = getattr(importlib.import_module("diffusers"), class_name)
     return cls.from_config(config)

@@ -6,6 +6,7 @@ Checkpoint layout (save_pretrained): `transformer/` (diffusers SD3Transformer2DM
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Iterator
@@ -53,10 +54,46 @@ def initial_noise(seed: int, batch: int, shape: tuple[int, ...], device: torch.d
     return torch.stack(noise).to(device)
 
 
+@torch.no_grad()
+def sample_prompts(
+    network,
+    text_encoder: TextEncoder,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    device: torch.device,
+    scheduler,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Final images (B, 3, H, W) in [-1, 1] for many different prompts, in chunks of `batch_size`:
+    what evaluations and benchmarks need. Image i starts from the noise of seeds[i], as in `stream`."""
+    res, channels = int(network.config.sample_size), int(network.config.in_channels)
+    velocity = lambda x, t, emb: transformer_velocity(network, x, t, emb)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        noise = torch.cat([initial_noise(s, 1, (channels, res, res), device) for s in seeds[i : i + batch_size]])
+        cond = text_encoder.encode(chunk).to(device)
+        null = text_encoder.null(len(chunk)).to(device)
+        states = flow_match_sample(velocity, type(scheduler).from_config(scheduler.config), noise, steps, cond, null, guidance)
+        out.append(collections.deque(states, maxlen=1)[0].x)  # run to the end, keep the last state
+    return torch.cat(out)
+
+
 class ImageEngine:
     """Thread-safe: no state changes per request (fresh scheduler and generators each call)."""
 
-    def __init__(self, card: ModelCard, transformer, scheduler, text_encoder: TextEncoder, device: torch.device, backend: str = "torch", load_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        transformer,
+        scheduler,
+        text_encoder: TextEncoder,
+        device: torch.device,
+        backend: str = "torch",
+        load_ms: float = 0.0,
+    ) -> None:
         if backend not in BACKENDS:
             raise BackendUnavailable(f"image engine backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
         self.card = card
@@ -108,6 +145,15 @@ class ImageEngine:
             images = to_pil(state.x if final else state.x0)
             timings = Timings(load_ms, encode_ms, (time.perf_counter() - start) * 1000, state.nfe)
             yield Result(images, seed, state.step, state.total, timings, final, self.card.id, self.backend)
+
+    def sample_prompts(
+        self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None, batch_size: int = 64
+    ) -> torch.Tensor:
+        steps = steps or self.card.default_steps
+        guidance = self.card.default_guidance if guidance is None else guidance
+        return sample_prompts(
+            self.transformer, self.text_encoder, prompts, seeds, steps, guidance, self.device, self.scheduler, batch_size
+        )
 
     def generate(self, request: ImageRequest) -> Result:
         return collect(self.stream(request))

@@ -26,7 +26,9 @@ class SampleState:
     nfe: int  # network evaluations so far
 
 
-def cfg_velocity(velocity: VelocityFn, x: torch.Tensor, t: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, guidance: float) -> tuple[torch.Tensor, int]:
+def cfg_velocity(
+    velocity: VelocityFn, x: torch.Tensor, t: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, guidance: float
+) -> tuple[torch.Tensor, int]:
     """Classifier-free guidance in one batched call: v = v_null + g (v_cond - v_null). Returns (v, nfe)."""
     if guidance <= 1.0:
         return velocity(x, t, cond), 1

@@ -85,7 +85,9 @@ class TextEncoder:
         self._lock = threading.Lock()
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"))
+        return dict(
+            self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        )
 
     @torch.no_grad()
     def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> TextEmbedding:

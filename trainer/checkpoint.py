@@ -44,7 +44,14 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], rest: dict[str, Any]
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def save_checkpoint(run_dir: Path, step: int, networks: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    networks: dict[str, Any],
+    optimizers: dict[str, torch.optim.Optimizer],
+    meta: dict[str, Any],
+    keep: int = 2,
+) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"

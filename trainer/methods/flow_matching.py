@@ -7,6 +7,7 @@ with sigma ~ logit-normal(m, s) and c replaced by the null condition with probab
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +15,6 @@ import torch
 from engines.image import transformer_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer.config import TrainConfig, build
-import functools
-
 from trainer.image_task import render_batch, world_batch_cpu
 from trainer.networks import build_network
 
@@ -56,16 +55,25 @@ class FlowMatching:
 
     def data_source(self):
         """Picklable (step, rank, micro) -> CPU batch, run in data-loader workers."""
-        return functools.partial(world_batch_cpu, seed=self.config.seed, batch_size=self.config.batch_size,
-                                 tokenizer=self.text_encoder.tokenizer, max_tokens=self.text_encoder.max_tokens)
+        return functools.partial(
+            world_batch_cpu,
+            seed=self.config.seed,
+            batch_size=self.config.batch_size,
+            tokenizer=self.text_encoder.tokenizer,
+            max_tokens=self.text_encoder.max_tokens,
+        )
 
-    def losses(self, networks: dict, batch: dict, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def losses(
+        self, networks: dict, batch: dict, generator: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         x0 = render_batch(batch, self.resolution, self.device)
         b = x0.shape[0]
         emb = self.text_encoder.encode_tokens(batch["tokens"])
         keep = torch.rand(b, generator=generator, device=self.device) >= self.args.cfg_dropout
         emb = drop_condition(emb, keep)
-        sigma = torch.sigmoid(self.args.logit_mean + self.args.logit_std * torch.randn(b, generator=generator, device=self.device))
+        sigma = torch.sigmoid(
+            self.args.logit_mean + self.args.logit_std * torch.randn(b, generator=generator, device=self.device)
+        )
         noise = torch.randn(x0.shape, generator=generator, device=self.device)
         s = sigma.view(b, 1, 1, 1)
         x_sigma = (1 - s) * x0 + s * noise

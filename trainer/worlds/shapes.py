@@ -159,8 +159,8 @@ def caption_for(condition: Condition, rng: random.Random) -> str:
 
 
 def _condition(rng: random.Random, category: str) -> Condition:
-    shape = lambda: rng.choice(SHAPE_NAMES)  # noqa: E731 - tiny local helpers read better inline
-    color = lambda: rng.choice(COLOR_NAMES)  # noqa: E731
+    shape = lambda: rng.choice(SHAPE_NAMES)
+    color = lambda: rng.choice(COLOR_NAMES)
     if category == "single_object":
         return Condition(category, (ObjSpec(shape()),))
     if category == "colors":
@@ -313,8 +313,12 @@ def scene_tensors(scenes: list[Scene]) -> dict[str, torch.Tensor]:
             rgb[i, j] = _RGB[obj.color]
             xyr[:, i, j] = (obj.x, obj.y, SIZES[obj.size][0])
     return {
-        "active": torch.from_numpy(active), "shape": torch.from_numpy(shape), "rgb": torch.from_numpy(rgb),
-        "x": torch.from_numpy(xyr[0]), "y": torch.from_numpy(xyr[1]), "r": torch.from_numpy(xyr[2]),
+        "active": torch.from_numpy(active),
+        "shape": torch.from_numpy(shape),
+        "rgb": torch.from_numpy(rgb),
+        "x": torch.from_numpy(xyr[0]),
+        "y": torch.from_numpy(xyr[1]),
+        "r": torch.from_numpy(xyr[2]),
     }
 
 

@@ -1,0 +1,21 @@
+"""python -m bench <suite> [options]: suites write bench/results/<suite>-<device>.json and .md."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUITES = {"image": "bench.image"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUITES:
+        print(f"usage: python -m bench <suite> [options]; suites: {', '.join(SUITES)}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    importlib.import_module(SUITES[argv[0]]).main(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The shapes world and its judge."""
+
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.worlds import shapes as S
+
+
+def scenes_of(n: int, seed: int = 0, category: str | None = None, split: str = "train") -> list[S.Scene]:
+    rng = random.Random(seed)
+    return [S.sample_scene(rng, category, split) for _ in range(n)]
+
+
+def test_world_has_the_promised_vocabulary():
+    assert len(S.COLORS) >= 8 and len(S.SHAPES) >= 5 and len(S.SIZES) == 3
+    assert set(S.RELATIONS) >= {"left_of", "above"}
+    assert {"single_object", "two_objects", "counting", "colors", "position", "color_attr"} <= set(S.CATEGORIES)
+
+
+def test_sampling_and_rendering_are_deterministic():
+    a, b = scenes_of(20, seed=5), scenes_of(20, seed=5)
+    assert a == b
+    assert torch.equal(S.render(a), S.render(b))
+    assert scenes_of(20, seed=6) != a
+
+
+def test_scenes_hold_one_to_four_non_overlapping_objects():
+    for scene in scenes_of(300, seed=1):
+        assert 1 <= len(scene.objects) <= 4
+        for i, o in enumerate(scene.objects):
+            r = S.SIZES[o.size][0]
+            assert r <= o.x <= S.RESOLUTION - r and r <= o.y <= S.RESOLUTION - r
+            for p in scene.objects[i + 1 :]:
+                gap = S.SIZES[p.size][0] + r
+                assert abs(o.x - p.x) >= gap or abs(o.y - p.y) >= gap
+
+
+def test_captions_are_varied_paraphrases():
+    condition = S.Condition("position", (S.ObjSpec("circle", "red"), S.ObjSpec("square", "blue")), "left_of")
+    rng = random.Random(0)
+    captions = {S.caption_for(condition, rng) for _ in range(300)}
+    assert len(captions) > 100
+    assert any("crimson" in c or "scarlet" in c for c in captions)
+    assert any("right of" in c for c in captions)  # inverse phrasing: "the square to the right of the circle"
+
+
+def test_eval_captions_are_never_trained_on():
+    train = {s.caption for s in scenes_of(2000, seed=2)}
+    held_out = {s.caption for s in S.eval_scenes(300)}
+    assert not train & held_out
+    assert all(S.is_eval_caption(c) for c in held_out)
+
+
+def test_eval_set_is_fixed_and_balanced():
+    a = S.eval_scenes(70)
+    assert a == S.eval_scenes(70)
+    counts = {c: sum(s.condition.category == c for s in a) for c in S.CATEGORIES}
+    assert set(counts.values()) == {10}
+
+
+@pytest.mark.parametrize("category", S.CATEGORIES)
+def test_judge_scores_the_worlds_own_renders_at_least_99_percent(category):
+    scenes = scenes_of(100, seed=11, category=category)
+    scores = S.judge(S.to_uint8(S.render(scenes)), [s.condition for s in scenes])
+    assert scores[category] >= 0.99
+
+
+def test_judge_rejects_noise_blank_and_average_images():
+    scenes = scenes_of(70, seed=3)
+    conditions = [s.condition for s in scenes]
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(70, 3, 64, 64, generator=g)
+    blank = torch.zeros(70, 3, 64, 64) + torch.tensor(S.BACKGROUND).view(1, 3, 1, 1) / 255
+    mean = S.render(scenes).mean(0, keepdim=True).expand(70, -1, -1, -1)
+    for images in (noise, blank, mean):
+        assert S.judge(S.to_uint8(images), conditions)["overall"] == 0.0
+
+
+def _judge_one(scene: S.Scene, objects) -> bool:
+    image = S.to_uint8(S.render([replace(scene, objects=tuple(objects))]))[0]
+    return S.matches(S.detect(image), scene.condition)
+
+
+def test_judge_catches_wrong_binding_position_and_count():
+    binding = scenes_of(1, seed=4, category="color_attr")[0]
+    a, b = binding.objects
+    assert _judge_one(binding, [a, b])
+    assert not _judge_one(binding, [replace(a, color=b.color), replace(b, color=a.color)])  # colours swapped
+
+    position = scenes_of(1, seed=4, category="position")[0]
+    a, b = position.objects
+    assert _judge_one(position, [a, b])
+    assert not _judge_one(position, [replace(a, x=b.x, y=b.y), replace(b, x=a.x, y=a.y)])  # places swapped
+
+    counting = scenes_of(1, seed=8, category="counting")[0]
+    assert _judge_one(counting, counting.objects)
+    assert not _judge_one(counting, counting.objects[:-1])  # one missing
+
+
+def test_detect_rejects_bad_shapes_of_input():
+    with pytest.raises(ValueError, match="expected an"):
+        S.detect(np.zeros((64, 64), dtype=np.uint8))
+    with pytest.raises(ValueError, match="images but"):
+        S.judge(np.zeros((2, 64, 64, 3), dtype=np.uint8), [])
