@@ -19,8 +19,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -43,11 +44,18 @@ def percentiles(times_ms: list[float]) -> dict[str, float]:
     return {"latency_ms_p50": float(np.percentile(times_ms, 50)), "latency_ms_p90": float(np.percentile(times_ms, 90))}
 
 
-def write_result(suite: str, slug: str, device: str, rows: list[dict], summary: dict, extra: dict | None = None,
-                 out_dir: Path = RESULTS) -> tuple[Path, Path]:
+def write_result(
+    suite: str, slug: str, device: str, rows: list[dict], summary: dict, extra: dict | None = None, out_dir: Path = RESULTS
+) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"suite": suite, "device": device, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "git": git_commit(), "rows": rows, "summary": summary} | (extra or {})
+    result = {
+        "suite": suite,
+        "device": device,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "rows": rows,
+        "summary": summary,
+    } | (extra or {})
     json_path = out_dir / f"{suite}-{slug}.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     md_path = out_dir / f"{suite}-{slug}.md"
@@ -59,15 +67,29 @@ def markdown_table(result: dict) -> str:
     rows = result["rows"]
     categories = list(dict.fromkeys(k for row in rows for k in row.get("quality", {}) if k != "overall"))
     head = ["model", "role", "method", "backend", "steps", "NFE", "overall", *categories, "p50 ms", "p90 ms", "img/s (batch)"]
-    lines = [f"# {result['suite']} benchmark — {result['device']}", "",
-             f"Created {result['created']} at commit `{result['git']}`. {result.get('notes', '')}".rstrip(), "",
-             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines = [
+        f"# {result['suite']} benchmark — {result['device']}",
+        "",
+        f"Created {result['created']} at commit `{result['git']}`. {result.get('notes', '')}".rstrip(),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + " --- |" * len(head),
+    ]
     for row in rows:
         q = row.get("quality", {})
-        cells = [row["model"], row["role"], row.get("method", ""), row["backend"], str(row["steps"]), str(row["nfe"]),
-                 f"{q.get('overall', float('nan')):.3f}", *(f"{q[c]:.3f}" if c in q else "" for c in categories),
-                 f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p90']:.1f}",
-                 f"{row['throughput_per_s']:.1f} ({row.get('throughput_batch', '')})"]
+        cells = [
+            row["model"],
+            row["role"],
+            row.get("method", ""),
+            row["backend"],
+            str(row["steps"]),
+            str(row["nfe"]),
+            f"{q.get('overall', float('nan')):.3f}",
+            *(f"{q[c]:.3f}" if c in q else "" for c in categories),
+            f"{row['latency_ms_p50']:.1f}",
+            f"{row['latency_ms_p90']:.1f}",
+            f"{row['throughput_per_s']:.1f} ({row.get('throughput_batch', '')})",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Summary", ""] + [f"- **{k}**: {v}" for k, v in result["summary"].items()]
     return "\n".join(lines) + "\n"

@@ -8,8 +8,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from bench.common import RESULTS, percentiles, time_calls, write_result
 from engines.devices import device_name, device_slug, synchronize
 from engines.image import to_pil
@@ -27,7 +25,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default="", help="comma-separated checkpoint ids (default: every image checkpoint)")
     parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
     parser.add_argument("--prompts", type=int, default=560, help="held-out prompts (balanced over the 7 categories)")
-    parser.add_argument("--steps", default="", help="comma-separated step counts (default: 1,2,4,8,25,50 teachers; 1,2,4 students)")
+    parser.add_argument("--steps", default="", help="step counts, e.g. 1,2,4 (default 1,2,4,8,25,50 teachers; 1,2,4 students)")
     parser.add_argument("--latency-repeats", type=int, default=0, help="timed batch-1 calls per row (default 20 GPU, 5 CPU)")
     parser.add_argument("--throughput-batch", type=int, default=0, help="batch for throughput (default 256 GPU, 32 CPU)")
     parser.add_argument("--chunk", type=int, default=0, help="images per forward when scoring (default 280 GPU, 64 CPU)")
@@ -62,32 +60,56 @@ def main(argv: list[str] | None = None) -> dict:
             scored_s = time.perf_counter() - started
             # Batch 1, end to end (text encoding of a fresh prompt included: the cache is bypassed by new prompts).
             latency = time_calls(
-                lambda i, s=steps: engine.generate(ImageRequest(prompts[i % len(prompts)], seed=i, steps=s)),
-                device, warmup=2, repeats=repeats,
+                lambda i, s=steps, e=engine: e.generate(ImageRequest(prompts[i % len(prompts)], seed=i, steps=s)),
+                device,
+                warmup=2,
+                repeats=repeats,
             )
             last = engine.generate(ImageRequest(prompts[0], seed=0, steps=steps))
             # Throughput: a large batch of different prompts per call.
             batch_prompts = (prompts * (tp_batch // len(prompts) + 1))[:tp_batch]
             tp_times = time_calls(
-                lambda i, s=steps: engine.sample_prompts(batch_prompts, list(range(tp_batch)), s, batch_size=tp_batch),
-                device, warmup=1, repeats=3 if on_gpu else 1,
+                lambda i, s=steps, e=engine, bp=batch_prompts: e.sample_prompts(bp, list(range(len(bp))), s, batch_size=len(bp)),
+                device,
+                warmup=1,
+                repeats=3 if on_gpu else 1,
             )
             throughput = tp_batch / (min(tp_times) / 1000)
-            row = {"model": name, "role": card.role, "method": card.method, "backend": engine.backend, "steps": steps,
-                   "nfe": last.timings.nfe, "guidance": card.default_guidance, "batch": 1, "quality": quality,
-                   **percentiles(latency), "throughput_per_s": throughput, "throughput_batch": tp_batch,
-                   "prompts": len(prompts), "scoring_seconds": round(scored_s, 1)}
+            row = {
+                "model": name,
+                "role": card.role,
+                "method": card.method,
+                "backend": engine.backend,
+                "steps": steps,
+                "nfe": last.timings.nfe,
+                "guidance": card.default_guidance,
+                "batch": 1,
+                "quality": quality,
+                **percentiles(latency),
+                "throughput_per_s": throughput,
+                "throughput_batch": tp_batch,
+                "prompts": len(prompts),
+                "scoring_seconds": round(scored_s, 1),
+            }
             rows.append(row)
-            print(json.dumps({k: row[k] for k in ("model", "steps", "nfe", "latency_ms_p50", "throughput_per_s")}
-                             | {"overall": quality["overall"]}), flush=True)
+            print(
+                json.dumps(
+                    {k: row[k] for k in ("model", "steps", "nfe", "latency_ms_p50", "throughput_per_s")}
+                    | {"overall": quality["overall"]}
+                ),
+                flush=True,
+            )
             synchronize(device)
         sample_sheet(engine, prompts[:16], args.out / f"image-{name}-{device_slug(device)}.png")
         registry.unload_all()
 
     summary = summarise(rows)
-    extra = {"notes": f"{len(prompts)} held-out prompts (world 'shapes', eval seed 2024), image i from seed i; "
-                      f"latency = batch-1 end-to-end generate() incl. text encoding, {repeats} timed calls; "
-                      f"throughput at batch {tp_batch}.", "prompts": len(prompts)}
+    extra = {
+        "notes": f"{len(prompts)} held-out prompts (world 'shapes', eval seed 2024), image i from seed i; "
+        f"latency = batch-1 end-to-end generate() incl. text encoding, {repeats} timed calls; "
+        f"throughput at batch {tp_batch}.",
+        "prompts": len(prompts),
+    }
     json_path, md_path = write_result("image", device_slug(device), device_name(device), rows, summary, extra, args.out)
     print(f"wrote {json_path} and {md_path}")
     if args.update_cards:
@@ -129,8 +151,11 @@ def update_cards(registry: Registry, rows: list[dict], source: Path) -> None:
         key = source.stem  # e.g. image-h100
         raw.setdefault("metrics", {})
         for r in mine:
-            raw["metrics"][f"{key} @ {r['steps']} steps"] = {**r["quality"], "latency_ms_p50": r["latency_ms_p50"],
-                                                            "throughput_per_s": r["throughput_per_s"]}
+            raw["metrics"][f"{key} @ {r['steps']} steps"] = {
+                **r["quality"],
+                "latency_ms_p50": r["latency_ms_p50"],
+                "throughput_per_s": r["throughput_per_s"],
+            }
         raw["metrics"]["source"] = f"bench/results/{source.name}"
         (card.path / "card.json").write_text(json.dumps(raw, indent=2) + "\n")
         write_model_card(card.path)

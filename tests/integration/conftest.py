@@ -10,8 +10,17 @@ def text_encoder():
     return TextEncoder(device="cpu")
 
 
-TINY = ["--model_preset=dit-tiny", "--batch_size=4", "--device=cpu", "--sample_every=1000", "--eval_every=1000",
-        "--log_every=1", "--checkpoint_every=1000", "--warmup_steps=1", "--max_steps=4"]
+TINY = [
+    "--model_preset=dit-tiny",
+    "--batch_size=4",
+    "--device=cpu",
+    "--sample_every=1000",
+    "--eval_every=1000",
+    "--log_every=1",
+    "--checkpoint_every=1000",
+    "--warmup_steps=1",
+    "--max_steps=4",
+]
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +36,18 @@ def tiny_checkpoint(tmp_path_factory, text_encoder):
     from trainer.loop import train
 
     root = tmp_path_factory.mktemp("tiny")
-    train(load_config(None, [*TINY, f"--run_dir={root / 'run'}", f"--export.output_dir={root / 'ck' / 'tiny-cpu'}",
-                             "--export.id=tiny-cpu", "--export.default_steps=3", "--export.default_guidance=2.0"]),
-          text_encoder=text_encoder)
+    train(
+        load_config(
+            None,
+            [
+                *TINY,
+                f"--run_dir={root / 'run'}",
+                f"--export.output_dir={root / 'ck' / 'tiny-cpu'}",
+                "--export.id=tiny-cpu",
+                "--export.default_steps=3",
+                "--export.default_guidance=2.0",
+            ],
+        ),
+        text_encoder=text_encoder,
+    )
     return root / "ck", root / "run"

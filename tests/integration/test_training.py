@@ -24,8 +24,12 @@ def test_three_steps_then_resume_matches_an_unbroken_run(tmp_path, text_encoder,
 
     broken = tmp_path / "broken"
     stop = StopFlag()
-    summary = train(load_config(None, [*tiny_args, f"--run_dir={broken}", "--max_steps=5"]), stop=stop,
-                    on_step=lambda step: stop.set() if step == 3 else None, text_encoder=text_encoder)
+    summary = train(
+        load_config(None, [*tiny_args, f"--run_dir={broken}", "--max_steps=5"]),
+        stop=stop,
+        on_step=lambda step: stop.set() if step == 3 else None,
+        text_encoder=text_encoder,
+    )
     assert summary["step"] == 3 and not summary["finished"] and "model" not in summary
     assert ckpt.load_state(ckpt.latest_checkpoint(broken))["step"] == 3
     summary = train(load_config(None, [*tiny_args, f"--run_dir={broken}", "--max_steps=5"]), text_encoder=text_encoder)
@@ -36,15 +40,30 @@ def test_three_steps_then_resume_matches_an_unbroken_run(tmp_path, text_encoder,
         assert a.keys() == b.keys()
         assert all((a[k] == b[k]).all() for k in a), f"{role} differs after resume"
     # The log holds each step once, in order: lines of the interrupted run past the checkpoint are dropped.
-    steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(line)
+    ]
     assert steps == [1, 2, 3, 4, 5]
 
 
 def test_run_writes_checkpoints_atomically_and_keeps_the_newest(tmp_path, text_encoder, tiny_args):
     run = tmp_path / "run"
-    train(load_config(None, [*tiny_args, f"--run_dir={run}", "--checkpoint_every=1", "--keep_checkpoints=2", "--max_steps=4",
-                             "--sample_every=2", "--eval_every=4", "--eval_prompts=7"]), text_encoder=text_encoder)
+    train(
+        load_config(
+            None,
+            [
+                *tiny_args,
+                f"--run_dir={run}",
+                "--checkpoint_every=1",
+                "--keep_checkpoints=2",
+                "--max_steps=4",
+                "--sample_every=2",
+                "--eval_every=4",
+                "--eval_prompts=7",
+            ],
+        ),
+        text_encoder=text_encoder,
+    )
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step-00000003", "step-00000004"]  # no temporary leftovers, two kept
     assert (run / "samples" / "latest.png").is_file() and (run / "samples" / "step-00000002.png").is_file()

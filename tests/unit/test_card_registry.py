@@ -11,15 +11,22 @@ from engines.registry import Registry
 
 def write_card(directory, **overrides):
     directory.mkdir(parents=True, exist_ok=True)
-    card = {"id": directory.name, "modality": "image", "role": "teacher", "method": "flow_matching",
-            "default_steps": 25, "resolution": 64} | overrides
+    card = {
+        "id": directory.name,
+        "modality": "image",
+        "role": "teacher",
+        "method": "flow_matching",
+        "default_steps": 25,
+        "resolution": 64,
+    } | overrides
     (directory / "card.json").write_text(json.dumps(card))
     return directory
 
 
 def test_card_round_trip(tmp_path):
-    card = ModelCard(id="m1", modality="image", role="student", method="dmd2", default_steps=1, resolution=64,
-                     metrics={"overall": 0.9})
+    card = ModelCard(
+        id="m1", modality="image", role="student", method="dmd2", default_steps=1, resolution=64, metrics={"overall": 0.9}
+    )
     card.save(tmp_path)
     loaded = load_card(tmp_path)
     assert loaded.to_json() == card.to_json() and loaded.path == tmp_path

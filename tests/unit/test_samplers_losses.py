@@ -6,8 +6,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from engines.samplers import flow_match_sample
 from engines.text_encoder import TextEmbedding
-from trainer.loop import lr_at
 from trainer.config import TrainConfig
+from trainer.loop import lr_at
 from trainer.methods.flow_matching import drop_condition, flow_matching_loss
 
 
