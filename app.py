@@ -1,0 +1,50 @@
+"""Distillery studio entry point (also the Hugging Face Space entry): `python app.py [--device cpu] [--checkpoints DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the Distillery studio (Gradio) in the browser.")
+    parser.add_argument(
+        "--host",
+        default="0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1",
+        help="address to listen on (default: 0.0.0.0 on a Hugging Face Space, else 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        help="port (default: $GRADIO_SERVER_PORT or 7860)",
+    )
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where models run (default: auto)")
+    parser.add_argument(
+        "--checkpoints", action="append", default=[], metavar="DIR", help="extra checkpoint directory to scan (repeatable)"
+    )
+    parser.add_argument("--max-batch", type=int, default=8, help="largest batch the studio accepts (default: 8)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from studio.app import StudioSettings, build_registry, build_ui, launch
+
+    settings = StudioSettings(
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        device=args.device,
+        checkpoints=args.checkpoints,
+        max_batch=args.max_batch,
+    )
+    registry = build_registry(settings)
+    launch(build_ui(registry, settings), settings)
+
+
+if __name__ == "__main__":
+    main()

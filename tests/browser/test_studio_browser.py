@@ -1,0 +1,115 @@
+"""The real studio in headless Chromium: generate, see the gallery, hit a bad input, keep working, read the Models tab.
+
+Uses Debian's Chromium (`apt-get install -y chromium`); Playwright's own browser download is not available here.
+"""
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO / "docs" / "screenshots" / "image-tab.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio_url(studio_registry):
+    from studio.app import StudioSettings, build_ui, launch
+
+    settings = StudioSettings(host="127.0.0.1", port=free_port(), device="cpu")
+    studio_registry.engine("tiny-cpu")  # load once up front, so the browser waits only for generation
+    demo = build_ui(studio_registry, settings)
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{settings.port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(studio_url):
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium. Install it with `apt-get install -y chromium`."
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(studio_url)
+        page.locator("#generate").wait_for()
+        yield page
+        browser.close()
+
+
+def natural_sizes(page, selector: str, count: int = 1) -> list[list[int]]:
+    """Natural sizes of the matching images, once at least `count` of them have finished loading."""
+    loaded = "els => els.length >= n && els.every(e => e.complete && e.naturalWidth > 0)"
+    page.wait_for_function(f"n => ({loaded})(Array.from(document.querySelectorAll({selector!r})))", arg=count)
+    return page.eval_on_selector_all(selector, "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_generate_then_bad_input_then_generate_again(page):
+    from playwright.sync_api import expect
+
+    start = time.perf_counter()
+    page.locator("#prompt textarea").fill("a red circle to the left of a blue square")
+    set_number(page, "seed", 1234)
+    set_number(page, "batch", 4)
+    page.locator("#generate").click()
+    expect(page.locator("#info")).to_contain_text("seed 1234 · steps 4 · NFE 8 · per image")  # finished (4 steps, CFG)
+    sizes = natural_sizes(page, "#gallery img", count=4)
+    assert sizes and all(size == [256, 256] for size in sizes), sizes  # 16 px images shown at 256 px
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # An empty prompt: the engine's message shows up, nothing breaks.
+    page.locator("#prompt textarea").fill("")
+    page.locator("#generate").click()
+    page.get_by_text("prompt is empty").first.wait_for(state="visible")
+
+    # The studio still serves: a new seed gives a new finished generation.
+    page.locator("#prompt textarea").fill("three yellow triangles")
+    set_number(page, "seed", 99)
+    page.locator("#generate").click()
+    expect(page.locator("#info")).to_contain_text("seed 99 · steps 4 · NFE 8 · per image")
+    assert natural_sizes(page, "#preview img")[0][1] == 256
+    assert time.perf_counter() - start < 60
+
+
+def test_models_tab_shows_the_card(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Models").click()
+    expect(page.locator("#models-table")).to_contain_text("tiny-cpu")
+    expect(page.locator("#models-detail")).to_contain_text("flow_matching")
+    page.locator("#models-refresh").click()
+    expect(page.locator("#models-status")).to_contain_text("tiny-cpu (torch)")  # loaded when the studio started
+    expect(page.locator("#models-problems")).to_contain_text("No problems")
