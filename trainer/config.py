@@ -29,6 +29,7 @@ class ExportConfig:
     dtype: str = "float16"  # weights on disk: float16 keeps small checkpoints small
     default_steps: int = 25
     default_guidance: float = 3.0
+    scheduler_shift: float = 1.0  # the exported sampler's timestep shift (also used for training-time evals)
     description: str = ""
 
 

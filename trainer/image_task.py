@@ -63,11 +63,20 @@ def sample_images(
 
 
 def evaluate(
-    network, text_encoder: TextEncoder, n: int, steps: int, guidance: float, device: torch.device, seed: int = 2024
+    network,
+    text_encoder: TextEncoder,
+    n: int,
+    steps: int,
+    guidance: float,
+    device: torch.device,
+    seed: int = 2024,
+    shift: float = 1.0,
 ) -> dict[str, float]:
     """Judge scores on the first `n` held-out scenes (fixed seeds), as in `bench image`."""
     scenes = shapes.eval_scenes(n, seed)
-    images = sample_images(network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device)
+    images = sample_images(
+        network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device, shift=shift
+    )
     if images.shape[-1] != shapes.RESOLUTION:
         images = torch.nn.functional.interpolate(images, size=(shapes.RESOLUTION,) * 2, mode="nearest")
     return shapes.judge(shapes.to_uint8((images + 1) / 2), [s.condition for s in scenes])
@@ -83,10 +92,12 @@ def image_grid(images: list[Image.Image], columns: int = 8, scale: int = 2) -> I
 
 
 def sample_grid(
-    network, text_encoder: TextEncoder, steps: int, guidance: float, device: torch.device, n: int = 16
+    network, text_encoder: TextEncoder, steps: int, guidance: float, device: torch.device, n: int = 16, shift: float = 1.0
 ) -> Image.Image:
     scenes = shapes.eval_scenes(n, seed=7)
-    images = sample_images(network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device)
+    images = sample_images(
+        network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device, shift=shift
+    )
     return image_grid(to_pil(images))
 
 

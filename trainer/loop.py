@@ -179,7 +179,15 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
     batches = iter(loader)
 
     def run_eval(at_step: int) -> dict[str, float]:
-        scores = evaluate(next(iter(ema.values())), text_encoder, config.eval_prompts, eval_steps, eval_guidance, device)
+        scores = evaluate(
+            next(iter(ema.values())),
+            text_encoder,
+            config.eval_prompts,
+            eval_steps,
+            eval_guidance,
+            device,
+            shift=config.export.scheduler_shift,
+        )
         log(
             {"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance}
             | {f"eval/{k}": v for k, v in scores.items()}
@@ -253,7 +261,9 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                     )
                 window_start, window_images = time.perf_counter(), 0
             if accelerator.is_main_process and step % config.sample_every == 0:
-                grid = sample_grid(next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device)
+                grid = sample_grid(
+                    next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device, shift=config.export.scheduler_shift
+                )
                 grid.save(run_dir / "samples" / f"step-{step:08d}.png")
                 grid.save(run_dir / "samples" / "latest.png")
             if accelerator.is_main_process and step % config.eval_every == 0:
@@ -298,4 +308,4 @@ def export(config: TrainConfig, network, summary: dict, metrics: dict, device: t
         if metrics
         else {},
     )
-    return export_checkpoint(network, out, card, config.export.dtype)
+    return export_checkpoint(network, out, card, config.export.dtype, scheduler_shift=config.export.scheduler_shift)
