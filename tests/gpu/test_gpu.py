@@ -14,9 +14,27 @@ from trainer import checkpoint as ckpt  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.loop import StopFlag, train  # noqa: E402
 
+ARGS = [
+    "--model_preset=dit-tiny",
+    "--batch_size=8",
+    "--device=cuda",
+    "--mixed_precision=bf16",
+    "--sample_every=1000",
+    "--eval_every=1000",
+    "--checkpoint_every=1000",
+    "--max_steps=6",
+    "--warmup_steps=1",
+]
 
-def test_shipped_teacher_on_cuda_is_deterministic_and_streams():
-    engine = Registry(device="cuda").engine("shapes-teacher")
+
+def test_engine_on_cuda_is_deterministic_and_streams(tmp_path):
+    train(
+        load_config(
+            None, [*ARGS, f"--run_dir={tmp_path / 'run'}", f"--export.output_dir={tmp_path / 'ck' / 'tiny'}", "--export.id=tiny"]
+        )
+    )
+    engine = Registry([tmp_path / "ck"], device="cuda").engine("tiny")
+    assert engine.transformer.dtype.is_floating_point and engine.device.type == "cuda"
     request = ImageRequest("a red circle to the left of a blue square", seed=3, steps=8, batch=4)
     states = list(engine.stream(request))
     assert [s.step for s in states] == list(range(1, 9)) and states[-1].final
@@ -25,8 +43,7 @@ def test_shipped_teacher_on_cuda_is_deterministic_and_streams():
 
 
 def test_training_resumes_on_cuda(tmp_path):
-    args = ["--model_preset=dit-tiny", "--batch_size=8", "--device=cuda", "--mixed_precision=bf16", "--sample_every=1000",
-            "--eval_every=1000", "--checkpoint_every=1000", "--max_steps=6", "--warmup_steps=1"]
+    args = ARGS
     train(load_config(None, [*args, f"--run_dir={tmp_path / 'a'}"]))
     stop = StopFlag()
     train(load_config(None, [*args, f"--run_dir={tmp_path / 'b'}"]), stop=stop, on_step=lambda s: stop.set() if s == 3 else None)
