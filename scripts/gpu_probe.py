@@ -31,7 +31,10 @@ for compile_ in (False, True):
             opt.zero_grad()
         torch.cuda.synchronize()
         t2 = time.perf_counter()
-        print(f"compile={compile_} bs={bs}: first10 {t1 - t0:.1f}s, {50 / (t2 - t1):.1f} it/s, {50 * bs / (t2 - t1):.0f} img/s", flush=True)
+        print(
+            f"compile={compile_} bs={bs}: first10 {t1 - t0:.1f}s, {50 / (t2 - t1):.1f} it/s, {50 * bs / (t2 - t1):.0f} img/s",
+            flush=True,
+        )
         # where does the time go: data vs model
         torch.cuda.synchronize()
         t3 = time.perf_counter()
