@@ -40,7 +40,7 @@ class TrainConfig:
     method_config: dict[str, Any] = field(default_factory=dict)  # validated by the method's own dataclass
     world: str = "shapes"
     model_preset: str = "dit-s"
-    init_from: str | None = None  # a checkpoint directory to start the network from
+    init_from: str | None = None  # an exported checkpoint directory to start the network from
     text_encoder: str | None = None  # model dir or package; None = the packaged MiniLM
     max_tokens: int = 40
     seed: int = 0

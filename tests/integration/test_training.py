@@ -90,3 +90,18 @@ def test_cli_rejects_a_bad_config_before_training(tmp_path):
     assert proc.returncode == 2
     assert "lr must be > 0" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_init_from_starts_at_an_exported_checkpoint(tiny_checkpoint, text_encoder, tmp_path):
+    import torch
+
+    from engines.registry import Registry as _Registry
+    from trainer.methods.flow_matching import FlowMatching
+
+    root, _ = tiny_checkpoint
+    exported = _Registry([root], device="cpu").engine("tiny-cpu").transformer
+    config = load_config(None, ["--model_preset=dit-tiny", f"--init_from={root / 'tiny-cpu'}", f"--run_dir={tmp_path}"])
+    method = FlowMatching(config, torch.device("cpu"), text_encoder)
+    started = method.networks["model"].state_dict()
+    assert all(torch.equal(started[k], v) for k, v in exported.state_dict().items())
+    assert method.role == "teacher"

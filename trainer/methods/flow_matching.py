@@ -16,7 +16,7 @@ from engines.image import transformer_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer.config import TrainConfig, build
 from trainer.image_task import render_batch, world_batch_cpu
-from trainer.networks import build_network
+from trainer.networks import build_network, load_network
 
 
 @dataclass
@@ -45,14 +45,16 @@ def drop_condition(emb: TextEmbedding, keep: torch.Tensor) -> TextEmbedding:
 
 
 class FlowMatching:
-    """Roles: `model` (trained, EMA'd). No frozen roles."""
+    """Roles: `model` (trained, EMA'd). No frozen roles. Trains teachers."""
+
+    role = "teacher"
 
     def __init__(self, config: TrainConfig, device: torch.device, text_encoder: TextEncoder) -> None:
         self.config = config
         self.args: FlowMatchingConfig = build(FlowMatchingConfig, config.method_config, prefix="method_config.")
         self.device = device
         self.text_encoder = text_encoder
-        network = build_network(config.model_preset)
+        network = build_network(config.model_preset) if config.init_from is None else load_network(config.init_from)
         self.networks = {"model": network}
         self.ema_roles = ("model",)
 
