@@ -30,24 +30,6 @@ def tiny_args() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, text_encoder):
-    """A 4-step tiny student-sized model exported through the trainer: (checkpoint root, run dir)."""
-    from trainer.config import load_config
-    from trainer.loop import train
-
-    root = tmp_path_factory.mktemp("tiny")
-    train(
-        load_config(
-            None,
-            [
-                *TINY,
-                f"--run_dir={root / 'run'}",
-                f"--export.output_dir={root / 'ck' / 'tiny-cpu'}",
-                "--export.id=tiny-cpu",
-                "--export.default_steps=3",
-                "--export.default_guidance=2.0",
-            ],
-        ),
-        text_encoder=text_encoder,
-    )
-    return root / "ck", root / "run"
+def tiny_checkpoint(tiny_image_root):
+    """(checkpoint root holding `tiny-cpu`, its run directory): the session's one tiny trained model."""
+    return tiny_image_root, tiny_image_root.parent / "run"

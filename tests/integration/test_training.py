@@ -76,11 +76,11 @@ def test_exported_model_loads_through_the_registry_and_generates(tiny_checkpoint
     root, _ = tiny_checkpoint
     registry = Registry([root], device="cpu")
     card = registry.card("tiny-cpu")
-    assert card.role == "teacher" and card.default_steps == 3 and card.resolution == 16
+    assert card.role == "teacher" and card.default_steps == 4 and card.resolution == 16
     assert (card.path / "README.md").read_text().startswith("# tiny-cpu")
     result = registry.engine("tiny-cpu").generate(ImageRequest("a red circle", seed=1, batch=2))
     assert len(result.images) == 2 and result.images[0].size == (16, 16)
-    assert result.timings.nfe == 6  # 3 steps with guidance 2.0: two evaluations per step
+    assert result.timings.nfe == 8  # 4 steps with guidance 2.0: two evaluations per step
 
 
 def test_cli_rejects_a_bad_config_before_training(tmp_path):

@@ -1,0 +1,42 @@
+"""Screenshot of the studio on the shipped checkpoints for the README: docs/screenshots/image-tab.png.
+
+Needs Debian's chromium (see README, Development). Runs on the CPU in about half a minute.
+"""
+
+import socket
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+from studio.app import StudioSettings, build_registry, build_ui, launch
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "image-tab.png"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+settings = StudioSettings(port=port, device="cpu")
+launch(build_ui(build_registry(settings), settings), settings, prevent_thread_lock=True, quiet=True)
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.locator("#prompt textarea").fill("a purple diamond above a green ball")
+    page.locator("#batch input[type=number]").fill("4")
+    page.locator("#batch input[type=number]").press("Enter")
+    page.locator("#generate").click()
+    expect(page.locator("#info")).to_contain_text("per image", timeout=120_000)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUT), full_page=True)
+    browser.close()
+print(f"wrote {OUT}")
