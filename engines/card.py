@@ -62,18 +62,25 @@ class ModelCard:
         return target
 
 
+def read_json(directory: Path, name: str) -> dict[str, Any]:
+    """A checkpoint's JSON file (card or config) as a dict, or a CheckpointError saying what is wrong."""
+    path = Path(directory) / name
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no {name}: the checkpoint is incomplete (re-export or re-download it)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    return raw
+
+
 def load_card(directory: str | Path) -> ModelCard:
     """Read and validate `<directory>/card.json`."""
     directory = Path(directory)
     path = directory / CARD_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory} has no {CARD_FILE}; a Distillery checkpoint needs one beside its weights")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    raw = read_json(directory, CARD_FILE)
     known = {f.name for f in fields(ModelCard)} - {"path"}
     missing = [name for name in ("id", "modality", "role", "method", "default_steps", "resolution") if name not in raw]
     if missing:

@@ -9,24 +9,12 @@ from pathlib import Path
 
 import torch
 
+from engines.card import read_json
 from engines.errors import CheckpointError
 
 # Classes a checkpoint's config may name, by module: lazily imported, never eval'd from the file.
 _DIFFUSERS_MODELS = {"SD3Transformer2DModel"}
 _SCHEDULERS = {"FlowMatchEulerDiscreteScheduler"}
-
-
-def read_config(directory: Path, name: str) -> dict:
-    path = directory / name
-    if not path.is_file():
-        raise CheckpointError(f"{directory} has no {name}: the checkpoint is incomplete (re-export or re-download it)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return config
 
 
 def check_safetensors(directory: Path) -> list[Path]:
@@ -60,7 +48,7 @@ def check_safetensors(directory: Path) -> list[Path]:
 def load_diffusers_model(directory: Path, expected_class: str, dtype: torch.dtype = torch.float32):
     """A diffusers ModelMixin from a save_pretrained directory, validated first."""
     directory = Path(directory)
-    config = read_config(directory, "config.json")
+    config = read_json(directory, "config.json")
     class_name = config.get("_class_name", expected_class)
     if class_name not in _DIFFUSERS_MODELS:
         raise CheckpointError(
@@ -76,7 +64,7 @@ def load_diffusers_model(directory: Path, expected_class: str, dtype: torch.dtyp
 
 def load_scheduler(directory: Path):
     directory = Path(directory)
-    config = read_config(directory, "scheduler_config.json")
+    config = read_json(directory, "scheduler_config.json")
     class_name = config.get("_class_name")
     if class_name not in _SCHEDULERS:
         raise CheckpointError(
