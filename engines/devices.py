@@ -61,7 +61,3 @@ def device_slug(device: torch.device | str) -> str:
         return (match.group(1) if match else name).lower().replace(" ", "")
     return "cpu"
 
-
-def memory_allocated(device: torch.device | str) -> int:
-    device = torch.device(device)
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
