@@ -60,4 +60,3 @@ def device_slug(device: torch.device | str) -> str:
         match = re.search(r"\b([A-Z]\d{2,4}|RTX\s?\d{4})\b", name)
         return (match.group(1) if match else name).lower().replace(" ", "")
     return "cpu"
-
