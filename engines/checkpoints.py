@@ -13,7 +13,7 @@ from engines.card import read_json
 from engines.errors import CheckpointError
 
 # Classes a checkpoint's config may name, by module: lazily imported, never eval'd from the file.
-_DIFFUSERS_MODELS = {"SD3Transformer2DModel"}
+_DIFFUSERS_MODELS = {"SD3Transformer2DModel", "UNet2DConditionModel"}
 _SCHEDULERS = {"FlowMatchEulerDiscreteScheduler"}
 
 

@@ -1,7 +1,7 @@
-"""Text-to-image engine: a flow-matching transformer in pixel space, conditioned on MiniLM text states.
+"""Text-to-image engine: a flow-matching denoiser in pixel space, conditioned on MiniLM text states.
 
-Checkpoint layout (save_pretrained): `transformer/` (diffusers SD3Transformer2DModel),
-`scheduler/` (FlowMatchEulerDiscreteScheduler), `card.json`.
+Checkpoint layout (save_pretrained): `unet/` (diffusers UNet2DConditionModel) or `transformer/`
+(SD3Transformer2DModel), `scheduler/` (FlowMatchEulerDiscreteScheduler), `card.json`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engines import denoisers
 from engines.base import collect
 from engines.card import ModelCard
-from engines.checkpoints import load_diffusers_model, load_scheduler
+from engines.checkpoints import load_scheduler
 from engines.errors import BackendUnavailable, InvalidRequest
 from engines.requests import ImageRequest, resolve_seed
 from engines.results import Result, Timings
@@ -28,30 +29,20 @@ from engines.text_encoder import TextEmbedding, TextEncoder
 BACKENDS = ("torch",)
 
 
-def transformer_velocity(model, x: torch.Tensor, t: torch.Tensor, emb: TextEmbedding) -> torch.Tensor:
-    """Velocity of an SD3-style transformer; t is the scheduler's timestep (1000 * sigma)."""
-    dtype = next(model.parameters()).dtype
-    out = model(
-        hidden_states=x.to(dtype),
-        encoder_hidden_states=emb.states.to(dtype),
-        pooled_projections=emb.pooled.to(dtype),
-        timestep=t.to(dtype),
-        return_dict=False,
-    )[0]
-    return out.to(x.dtype)
-
-
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> PIL images."""
     array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
-def initial_noise(seed: int, batch: int, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-    """Image i of a batch starts from noise seeded by seed + i, drawn on the CPU: a batch image can
-    be reproduced alone, and the same seed gives the same start on every device."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(batch)]
-    return torch.stack(noise).to(device)
+def initial_noise(
+    seeds: list[int], shape: tuple[int, ...], device: torch.device | str
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Image i starts from noise seeded by seeds[i], drawn on the CPU: a batch image can be
+    reproduced alone, and the same seed gives the same start on every device. The generators are
+    returned to keep drawing from (stochastic samplers' re-noising)."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device), generators
 
 
 @torch.no_grad()
@@ -69,14 +60,16 @@ def sample_prompts(
     """Final images (B, 3, H, W) in [-1, 1] for many different prompts, in chunks of `batch_size`:
     what evaluations and benchmarks need. Image i starts from the noise of seeds[i], as in `stream`."""
     res, channels = int(network.config.sample_size), int(network.config.in_channels)
-    velocity = lambda x, t, emb: transformer_velocity(network, x, t, emb)
+    embedded = denoisers.embeds_guidance(network)
+    model_velocity = lambda x, t, emb, *g: denoisers.velocity(network, x, t, emb, *g)
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
-        noise = torch.cat([initial_noise(s, 1, (channels, res, res), device) for s in seeds[i : i + batch_size]])
+        noise, generators = initial_noise(seeds[i : i + batch_size], (channels, res, res), device)
         cond = text_encoder.encode(chunk).to(device)
         null = text_encoder.null(len(chunk)).to(device)
-        states = flow_match_sample(velocity, type(scheduler).from_config(scheduler.config), noise, steps, cond, null, guidance)
+        fresh = type(scheduler).from_config(scheduler.config)
+        states = flow_match_sample(model_velocity, fresh, noise, steps, cond, null, guidance, generators, embedded)
         out.append(collections.deque(states, maxlen=1)[0].x)  # run to the end, keep the last state
     return torch.cat(out)
 
@@ -87,7 +80,7 @@ class ImageEngine:
     def __init__(
         self,
         card: ModelCard,
-        transformer,
+        denoiser,
         scheduler,
         text_encoder: TextEncoder,
         device: torch.device,
@@ -97,7 +90,7 @@ class ImageEngine:
         if backend not in BACKENDS:
             raise BackendUnavailable(f"image engine backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
         self.card = card
-        self.transformer = transformer
+        self.denoiser = denoiser
         self.scheduler = scheduler
         self.text_encoder = text_encoder
         self.device = device
@@ -110,16 +103,16 @@ class ImageEngine:
         start = time.perf_counter()
         path = Path(card.path)
         dtype = torch.float16 if device.type == "cuda" else torch.float32
-        transformer = load_diffusers_model(path / "transformer", "SD3Transformer2DModel", dtype=dtype).to(device).eval()
+        denoiser = denoisers.load_denoiser(path, dtype=dtype).to(device).eval()
         scheduler = load_scheduler(path / "scheduler")
-        return cls(card, transformer, scheduler, text_encoder, device, backend, (time.perf_counter() - start) * 1000)
+        return cls(card, denoiser, scheduler, text_encoder, device, backend, (time.perf_counter() - start) * 1000)
 
     @property
     def resolution(self) -> int:
-        return int(self.transformer.config.sample_size)
+        return int(self.denoiser.config.sample_size)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, emb: TextEmbedding) -> torch.Tensor:
-        return transformer_velocity(self.transformer, x, t, emb)
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, emb: TextEmbedding, *guidance: float) -> torch.Tensor:
+        return denoisers.velocity(self.denoiser, x, t, emb, *guidance)
 
     @torch.no_grad()
     def stream(self, request: ImageRequest) -> Iterator[Result]:
@@ -137,10 +130,12 @@ class ImageEngine:
         encode_ms = (time.perf_counter() - start) * 1000
 
         start = time.perf_counter()
-        channels = int(self.transformer.config.in_channels)
-        noise = initial_noise(seed, request.batch, (channels, self.resolution, self.resolution), self.device)
+        channels = int(self.denoiser.config.in_channels)
+        seeds = [seed + i for i in range(request.batch)]
+        noise, generators = initial_noise(seeds, (channels, self.resolution, self.resolution), self.device)
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        for state in flow_match_sample(self.velocity, scheduler, noise, steps, cond, null, guidance):
+        embedded = denoisers.embeds_guidance(self.denoiser)
+        for state in flow_match_sample(self.velocity, scheduler, noise, steps, cond, null, guidance, generators, embedded):
             final = state.step == state.total
             images = to_pil(state.x if final else state.x0)
             timings = Timings(load_ms, encode_ms, (time.perf_counter() - start) * 1000, state.nfe)
@@ -152,11 +147,11 @@ class ImageEngine:
         steps = steps or self.card.default_steps
         guidance = self.card.default_guidance if guidance is None else guidance
         return sample_prompts(
-            self.transformer, self.text_encoder, prompts, seeds, steps, guidance, self.device, self.scheduler, batch_size
+            self.denoiser, self.text_encoder, prompts, seeds, steps, guidance, self.device, self.scheduler, batch_size
         )
 
     def generate(self, request: ImageRequest) -> Result:
         return collect(self.stream(request))
 
     def unload(self) -> None:
-        self.transformer = None
+        self.denoiser = None

@@ -39,6 +39,30 @@ def cfg_velocity(
     return v_null + guidance * (v_cond - v_null), 2
 
 
+def student_sigmas(steps: int) -> list[float]:
+    """Evenly spaced, ending away from zero: 1 -> [1], 2 -> [1, .5], 4 -> [1, .75, .5, .25] (the
+    'trailing' spacing of few-step students). Grids for 1, 2 and 4 steps nest, so a student trained
+    on the 4-step grid also serves 1 and 2 steps. The scheduler's shift is applied on top."""
+    return [1.0 - i / steps for i in range(steps)]
+
+
+def set_sampler_timesteps(scheduler, steps: int, device: torch.device | str | None = None) -> None:
+    """The one rule for a sampler's grid: Euler schedulers use diffusers' own spacing (ending near
+    sigma 0); stochastic (jump-and-renoise) schedulers use `student_sigmas`, since re-noising to
+    near zero would make every step after the first a no-op."""
+    if scheduler.config.get("stochastic_sampling", False):
+        scheduler.set_timesteps(sigmas=student_sigmas(steps), device=device)
+    else:
+        scheduler.set_timesteps(steps, device=device)
+
+
+def sampler_sigmas(scheduler, steps: int) -> torch.Tensor:
+    """The sigmas (without the final 0) a fresh copy of `scheduler` visits in `steps` steps."""
+    fresh = type(scheduler).from_config(scheduler.config)
+    set_sampler_timesteps(fresh, steps)
+    return fresh.sigmas[:-1].float()
+
+
 def flow_match_sample(
     velocity: VelocityFn,
     scheduler,
@@ -47,18 +71,28 @@ def flow_match_sample(
     cond: TextEmbedding,
     null: TextEmbedding,
     guidance: float = 1.0,
+    generator: list[torch.Generator] | None = None,
+    embedded_guidance: bool = False,
 ) -> Iterator[SampleState]:
-    """Euler ODE sampling with a diffusers flow-matching scheduler, yielding every step.
+    """Sampling with a diffusers flow-matching scheduler, yielding every step: the Euler ODE, or,
+    when the scheduler has `stochastic_sampling`, jump-to-x0-and-renoise (consistency/DMD students),
+    whose fresh noise comes from `generator` (one per batch image, so an image reproduces alone).
 
+    `embedded_guidance`: the network takes the scale itself (guidance-distilled), one call per step;
+    then `velocity` is called as velocity(x, t, cond, guidance).
     `scheduler` is consumed (diffusers schedulers keep a step index): pass a fresh one per call.
     """
-    scheduler.set_timesteps(steps, device=noise.device)
+    set_sampler_timesteps(scheduler, steps, noise.device)
     x = noise
     nfe = 0
     for i, t in enumerate(scheduler.timesteps):
         sigma = scheduler.sigmas[i].to(x.device, x.dtype)
-        v, cost = cfg_velocity(velocity, x, t.expand(x.shape[0]).to(x.dtype), cond, null, guidance)
+        t_batch = t.expand(x.shape[0]).to(x.dtype)
+        if embedded_guidance:
+            v, cost = velocity(x, t_batch, cond, guidance), 1
+        else:
+            v, cost = cfg_velocity(velocity, x, t_batch, cond, null, guidance)
         nfe += cost
         x0 = x - sigma * v
-        x = scheduler.step(v, t, x).prev_sample
+        x = scheduler.step(v, t, x, generator=generator).prev_sample
         yield SampleState(i + 1, steps, x, x0, nfe)

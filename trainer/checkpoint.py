@@ -51,7 +51,10 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     meta: dict[str, Any],
     keep: int = 2,
+    protect: Path | None = None,
 ) -> Path:
+    """Write checkpoint `step` atomically, then prune all but the newest `keep` (and `protect`,
+    the last checkpoint known to be healthy)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
@@ -59,7 +62,12 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, network in networks.items():
-        network.save_pretrained(tmp / name, safe_serialization=True)
+        if hasattr(network, "save_pretrained"):
+            network.save_pretrained(tmp / name, safe_serialization=True)
+        else:  # a plain module (a critic with its GAN head): its state dict, still safetensors
+            (tmp / name).mkdir()
+            state = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+            save_file(state, str(tmp / name / "model.safetensors"))
     for name, optimizer in optimizers.items():
         tensors, rest = _optimizer_to_files(optimizer.state_dict())
         save_file(tensors, str(tmp / f"optim-{name}.safetensors"))
@@ -69,7 +77,8 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if protect is None or old.resolve() != Path(protect).resolve():
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

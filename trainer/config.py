@@ -41,6 +41,7 @@ class TrainConfig:
     world: str = "shapes"
     model_preset: str = "dit-s"
     init_from: str | None = None  # an exported checkpoint directory to start the network from
+    teacher: str | None = None  # distillation methods: the frozen teacher's checkpoint directory
     text_encoder: str | None = None  # model dir or package; None = the packaged MiniLM
     max_tokens: int = 40
     seed: int = 0

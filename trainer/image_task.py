@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from engines.card import ModelCard
+from engines.denoisers import DENOISER_FOLDERS, denoiser_folder
 from engines.image import sample_prompts, to_pil
 from engines.text_encoder import TextEncoder
 from trainer.worlds import shapes
@@ -27,7 +29,11 @@ def world_batch_cpu(
     tokens. Picklable and cheap, so data-loader workers make it while the GPU trains."""
     rng = shapes.step_rng(seed, rank, step * 1000 + micro)
     scenes = [shapes.sample_scene(rng) for _ in range(batch_size)]
-    batch = {"params": shapes.scene_tensors(scenes), "captions": [s.caption for s in scenes]}
+    batch = {
+        "params": shapes.scene_tensors(scenes),
+        "captions": [s.caption for s in scenes],
+        "conditions": [s.condition for s in scenes],  # what the judge checks (reward-weighted methods)
+    }
     if tokenizer is not None:
         batch["tokens"] = dict(
             tokenizer(batch["captions"], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
@@ -43,8 +49,10 @@ def render_batch(batch: dict, resolution: int, device: torch.device) -> torch.Te
     return images * 2 - 1
 
 
-def new_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+def new_scheduler(shift: float = 1.0, stochastic: bool = False) -> FlowMatchEulerDiscreteScheduler:
+    """The sampler a checkpoint ships with. `stochastic`: each step jumps to the model's clean
+    estimate and re-noises it to the next sigma (the multi-step sampler of DMD2/consistency students)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, stochastic_sampling=stochastic)
 
 
 def sample_images(
@@ -56,10 +64,11 @@ def sample_images(
     guidance: float,
     device: torch.device,
     batch_size: int = 64,
-    shift: float = 1.0,
+    scheduler=None,
 ) -> torch.Tensor:
     """Final images in [-1, 1] from a network in training, through the engines' sampler."""
-    return sample_prompts(network, text_encoder, prompts, seeds, steps, guidance, device, new_scheduler(shift), batch_size)
+    scheduler = scheduler or new_scheduler()
+    return sample_prompts(network, text_encoder, prompts, seeds, steps, guidance, device, scheduler, batch_size)
 
 
 def evaluate(
@@ -70,12 +79,12 @@ def evaluate(
     guidance: float,
     device: torch.device,
     seed: int = 2024,
-    shift: float = 1.0,
+    scheduler=None,
 ) -> dict[str, float]:
     """Judge scores on the first `n` held-out scenes (fixed seeds), as in `bench image`."""
     scenes = shapes.eval_scenes(n, seed)
     images = sample_images(
-        network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device, shift=shift
+        network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device, scheduler=scheduler
     )
     if images.shape[-1] != shapes.RESOLUTION:
         images = torch.nn.functional.interpolate(images, size=(shapes.RESOLUTION,) * 2, mode="nearest")
@@ -92,24 +101,28 @@ def image_grid(images: list[Image.Image], columns: int = 8, scale: int = 2) -> I
 
 
 def sample_grid(
-    network, text_encoder: TextEncoder, steps: int, guidance: float, device: torch.device, n: int = 16, shift: float = 1.0
+    network, text_encoder: TextEncoder, steps: int, guidance: float, device: torch.device, n: int = 16, scheduler=None
 ) -> Image.Image:
     scenes = shapes.eval_scenes(n, seed=7)
     images = sample_images(
-        network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device, shift=shift
+        network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device, scheduler=scheduler
     )
     return image_grid(to_pil(images))
 
 
-def export_checkpoint(network, directory: Path, card: ModelCard, dtype: str = "float16", scheduler_shift: float = 1.0) -> Path:
-    """Write transformer/ + scheduler/ + card.json (+ README.md) as a loadable checkpoint."""
+def export_checkpoint(network, directory: Path, card: ModelCard, dtype: str = "float16", scheduler=None) -> Path:
+    """Write unet/ or transformer/ + scheduler/ + card.json (+ README.md) as a loadable checkpoint."""
     import copy
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shipped = copy.deepcopy(network).to("cpu", DTYPES[dtype])
-    shipped.save_pretrained(directory / "transformer", safe_serialization=True)
-    new_scheduler(scheduler_shift).save_pretrained(directory / "scheduler")
+    folder = denoiser_folder(shipped)
+    for stale in DENOISER_FOLDERS:  # re-exporting with another architecture must not leave the old one behind
+        if stale != folder and (directory / stale).is_dir():
+            shutil.rmtree(directory / stale)
+    shipped.save_pretrained(directory / folder, safe_serialization=True)
+    (scheduler or new_scheduler()).save_pretrained(directory / "scheduler")
     card.save(directory)
     write_model_card(directory)
     return directory

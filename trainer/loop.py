@@ -24,7 +24,7 @@ from engines.devices import device_name, pick_device
 from engines.text_encoder import TextEncoder
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, to_dict
-from trainer.image_task import evaluate, export_checkpoint, sample_grid
+from trainer.image_task import evaluate, export_checkpoint, new_scheduler, sample_grid
 from trainer.methods import method_class
 
 
@@ -37,6 +37,10 @@ def lr_at(config: TrainConfig, step: int) -> float:
     progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
     floor = config.min_lr_ratio
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN/inf: training stopped before the bad update."""
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -125,6 +129,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         for name, net in networks.items()
     }
 
+    lr_scales: dict[str, float] = getattr(method, "lr_scales", {})  # e.g. a critic learning faster than its generator
     start_step, images_seen, elapsed_before = 0, 0, 0.0
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
@@ -159,6 +164,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         meta = {"images_seen": images_seen, "elapsed_seconds": elapsed_before + time.perf_counter() - started}
         return ckpt.save_checkpoint(run_dir, step, parts, optimizers, meta, keep=config.keep_checkpoints)
 
+    sampler = export_scheduler(config, method)  # training-time samples use the sampler that ships
     eval_steps = config.eval_steps or config.export.default_steps
     eval_guidance = config.export.default_guidance if config.eval_guidance is None else config.eval_guidance
 
@@ -186,7 +192,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
             eval_steps,
             eval_guidance,
             device,
-            shift=config.export.scheduler_shift,
+            scheduler=sampler,
         )
         log(
             {"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance}
@@ -207,33 +213,40 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                 break
             generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, rank, step))
             lr = lr_at(config, step)
-            for opt in optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            totals: dict[str, torch.Tensor] = {}
-            for micro in range(config.grad_accum):
-                batch = next(batches)
-                sync = micro == config.grad_accum - 1
-                contexts = [accelerator.no_sync(net) for net in networks.values()] if not sync else []
-                with contextlib.ExitStack() as stack:
-                    for c in contexts:
-                        stack.enter_context(c)
-                    with accelerator.autocast():
-                        losses, metrics = method.losses(networks, batch, generator)
-                    for loss in losses.values():
-                        accelerator.backward(loss / config.grad_accum)
-                for key, value in metrics.items():
-                    totals[key] = totals.get(key, 0) + value / config.grad_accum
-            grad_norms = {}
             for name, opt in optimizers.items():
-                grad_norms[name] = accelerator.clip_grad_norm_(networks[name].parameters(), config.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for name, net in ema.items():
-                    source = [p.detach() for p in unwrapped(name).parameters()]
-                    torch._foreach_lerp_(list(net.parameters()), source, 1 - decay)
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_scales.get(name, 1.0)
+            totals: dict[str, torch.Tensor] = {}
+            micro_batches = [next(batches) for _ in range(config.grad_accum)]
+            grad_norms = {}
+            for phase in method.phases(step):
+                # Each phase updates one network on its own fresh graph, so a loss that flows through
+                # another network (a GAN generator loss through the critic) never leaks into its update.
+                for opt in optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                net = networks[phase]
+                for micro, batch in enumerate(micro_batches):
+                    sync = micro == config.grad_accum - 1
+                    with accelerator.no_sync(net) if not sync else contextlib.nullcontext():
+                        with accelerator.autocast():
+                            loss, metrics = method.loss(phase, networks, batch, generator)
+                        accelerator.backward(loss / config.grad_accum)
+                    for key, value in metrics.items():
+                        totals[key] = totals.get(key, 0) + value / config.grad_accum
+                grad_norms[phase] = accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
+                if not torch.isfinite(grad_norms[phase]):
+                    last_good = ckpt.latest_checkpoint(run_dir)
+                    raise TrainingDiverged(
+                        f"the {phase!r} loss or its gradients became NaN/inf at step {step + 1}; weights were not "
+                        f"updated. Last good checkpoint: {last_good or 'none yet'}. Lower lr or grad_clip, or check "
+                        "the teacher."
+                    )
+                optimizers[phase].step()
+                if phase in ema:
+                    decay = min(config.ema_decay, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        source = [p.detach() for p in unwrapped(phase).parameters()]
+                        torch._foreach_lerp_(list(ema[phase].parameters()), source, 1 - decay)
             step += 1
             if on_step is not None:
                 on_step(step)
@@ -254,16 +267,15 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                 log(record)
                 if accelerator.is_main_process:
                     eta = (config.max_steps - step) * (now - window_start) / max(1, config.log_every)
+                    losses = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss"))
                     print(
-                        f"step {step}/{config.max_steps} loss {record.get('loss', float('nan')):.4f} lr {lr:.2e} "
+                        f"step {step}/{config.max_steps} {losses} lr {lr:.2e} "
                         f"{record['images_per_s']:.0f} img/s eta {eta / 60:.1f} min",
                         flush=True,
                     )
                 window_start, window_images = time.perf_counter(), 0
             if accelerator.is_main_process and step % config.sample_every == 0:
-                grid = sample_grid(
-                    next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device, shift=config.export.scheduler_shift
-                )
+                grid = sample_grid(next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device, scheduler=sampler)
                 grid.save(run_dir / "samples" / f"step-{step:08d}.png")
                 grid.save(run_dir / "samples" / "latest.png")
             if accelerator.is_main_process and step % config.eval_every == 0:
@@ -285,6 +297,10 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
     return summary
 
 
+def export_scheduler(config: TrainConfig, method):
+    return new_scheduler(config.export.scheduler_shift, stochastic=getattr(method, "stochastic_sampling", False))
+
+
 def export(config: TrainConfig, method, network, summary: dict, metrics: dict, device: torch.device) -> Path:
     out = Path(config.export.output_dir or Path(config.run_dir) / "model")
     on_gpu = device.type == "cuda"
@@ -296,7 +312,7 @@ def export(config: TrainConfig, method, network, summary: dict, metrics: dict, d
         default_steps=config.export.default_steps,
         default_guidance=config.export.default_guidance,
         resolution=int(network.config.sample_size),
-        teacher=None,
+        teacher=getattr(method, "teacher_id", None),
         description=config.export.description,
         data={"world": config.world, "seed": config.seed, "images_seen": summary["images_seen"], "init_from": config.init_from},
         train_gpu_seconds=round(summary["elapsed_seconds"], 1) if on_gpu else None,
@@ -308,4 +324,4 @@ def export(config: TrainConfig, method, network, summary: dict, metrics: dict, d
         if metrics
         else {},
     )
-    return export_checkpoint(network, out, card, config.export.dtype, scheduler_shift=config.export.scheduler_shift)
+    return export_checkpoint(network, out, card, config.export.dtype, scheduler=export_scheduler(config, method))

@@ -6,12 +6,40 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import SD3Transformer2DModel
+from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
 from trainer.config import ConfigError
 
-# MMDiT (SD3 layout) in pixel space: 64x64x3 in patches of 4 -> 256 tokens, MiniLM (384-d) context.
+
+def _unet(sample_size: int, channels: tuple[int, ...], layers: int, groups: int = 32, head_dim: int = 32) -> dict[str, Any]:
+    """A pixel-space UNet2DConditionModel: convolution at full resolution, self- and cross-attention
+    (MiniLM token states, 384-d) at every lower level, the pooled vector added to the time embedding."""
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1)
+    return dict(
+        _class="UNet2DConditionModel",
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=down,
+        up_block_types=tuple("CrossAttnUpBlock2D" if b.startswith("CrossAttn") else "UpBlock2D" for b in reversed(down)),
+        block_out_channels=channels,
+        layers_per_block=layers,
+        norm_num_groups=groups,
+        # diffusers' UNet reads `attention_head_dim` as the number of heads (a legacy name)
+        attention_head_dim=tuple(max(c // head_dim, 1) for c in channels),
+        cross_attention_dim=384,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=384,
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
+    # 11.9 M parameters (24 MB in fp16): attention at 32x32 and 16x16. Convolutions learn flat shapes
+    # with crisp edges far sooner than a patch-4 transformer (dit-s reached judge 0.08 in the same time).
+    "unet-s": _unet(64, (64, 96, 160), 2),
+    # ~0.2 M parameters: for tests and CPU smoke runs.
+    "unet-tiny": _unet(16, (8, 16), 1, groups=4, head_dim=8),
+    # MMDiT (SD3 layout) in pixel space: 64x64x3 in patches of 4 -> 256 tokens, MiniLM (384-d) context.
     "dit-s": dict(
         sample_size=64,
         patch_size=4,
@@ -42,14 +70,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_network(preset: str) -> SD3Transformer2DModel:
+_CLASSES = {"UNet2DConditionModel": UNet2DConditionModel, "SD3Transformer2DModel": SD3Transformer2DModel}
+
+
+def build_network(preset: str) -> UNet2DConditionModel | SD3Transformer2DModel:
     if preset not in PRESETS:
         raise ConfigError(f"unknown model_preset {preset!r}; known: {', '.join(PRESETS)}")
-    return SD3Transformer2DModel(**PRESETS[preset])
+    kwargs = dict(PRESETS[preset])
+    return _CLASSES[kwargs.pop("_class", "SD3Transformer2DModel")](**kwargs)
 
 
-def load_network(checkpoint: str | Path) -> SD3Transformer2DModel:
-    """Start from an exported checkpoint's transformer (e.g. to continue a teacher's training), in float32."""
-    from engines.checkpoints import load_diffusers_model
+def load_network(checkpoint: str | Path) -> UNet2DConditionModel | SD3Transformer2DModel:
+    """Start from an exported checkpoint's denoiser (to continue training, or as a frozen teacher), in float32."""
+    from engines.denoisers import load_denoiser
 
-    return load_diffusers_model(Path(checkpoint) / "transformer", "SD3Transformer2DModel", dtype=torch.float32)
+    return load_denoiser(Path(checkpoint), dtype=torch.float32)

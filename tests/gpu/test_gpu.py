@@ -37,7 +37,7 @@ def test_engine_on_cuda_is_deterministic_and_streams(tmp_path):
         )
     )
     engine = Registry([tmp_path / "ck"], device="cuda").engine("tiny")
-    assert engine.transformer.dtype.is_floating_point and engine.device.type == "cuda"
+    assert engine.denoiser.dtype.is_floating_point and engine.device.type == "cuda"
     request = ImageRequest("a red circle to the left of a blue square", seed=3, steps=8, batch=4)
     states = list(engine.stream(request))
     assert [s.step for s in states] == list(range(1, 9)) and states[-1].final

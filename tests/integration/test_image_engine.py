@@ -71,7 +71,7 @@ def test_cache_is_bounded_and_unloads(tiny_checkpoint, tmp_path):
     registry.engine("copy-a")
     registry.engine("copy-b")
     assert registry.loaded() == [("copy-a", "torch"), ("copy-b", "torch")]
-    assert first.transformer is None  # evicted engines release their weights
+    assert first.denoiser is None  # evicted engines release their weights
 
 
 def random_checkpoint(directory, model_id="random-tiny"):
@@ -88,7 +88,7 @@ def test_tiny_random_checkpoint_saves_and_reloads_through_the_registry(tmp_path,
     reference = build_network("dit-tiny")
     torch.manual_seed(0)
     reference = build_network("dit-tiny")
-    for (name, a), (_, b) in zip(reference.state_dict().items(), engine.transformer.state_dict().items()):
+    for (name, a), (_, b) in zip(reference.state_dict().items(), engine.denoiser.state_dict().items()):
         assert torch.equal(a, b), name
     assert engine.generate(ImageRequest("a red circle", seed=0)).images[0].size == (16, 16)
 

@@ -99,7 +99,7 @@ def test_init_from_starts_at_an_exported_checkpoint(tiny_checkpoint, text_encode
     from trainer.methods.flow_matching import FlowMatching
 
     root, _ = tiny_checkpoint
-    exported = _Registry([root], device="cpu").engine("tiny-cpu").transformer
+    exported = _Registry([root], device="cpu").engine("tiny-cpu").denoiser
     config = load_config(None, ["--model_preset=dit-tiny", f"--init_from={root / 'tiny-cpu'}", f"--run_dir={tmp_path}"])
     method = FlowMatching(config, torch.device("cpu"), text_encoder)
     started = method.networks["model"].state_dict()

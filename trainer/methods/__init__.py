@@ -1,4 +1,19 @@
-"""Method registry: name -> lazily imported class. The app and CLI boot without importing them."""
+"""Method registry: name -> lazily imported class. The app and CLI boot without importing them.
+
+A method is a class built as `Method(config: TrainConfig, device, text_encoder)` with:
+    role: str                         "teacher" or "student" (written to the exported card)
+    networks: dict[str, nn.Module]    trained networks; each gets its own AdamW and checkpoint entry
+    ema_roles: tuple[str, ...]        networks with an EMA copy; the first one's EMA is exported
+    data_source() -> callable         picklable (step, rank, micro) -> CPU batch (runs in loader workers)
+    phases(step) -> list[str]         which networks update this step, in order (each a fresh graph)
+    loss(phase, networks, batch, generator) -> (loss, metrics)
+optional:
+    lr_scales: dict[str, float]       per-network multiplier of the scheduled lr
+    stochastic_sampling: bool         the exported sampler jumps to x0 and re-noises (few-step students)
+    teacher_id: str                   written to the card's `teacher`
+Frozen networks (a teacher) live on the method, not in `networks`. Shared pieces for distillation
+(teacher loading, guided estimates, backward simulation) are in trainer/distill.py.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +23,7 @@ from trainer.config import ConfigError
 
 METHODS: dict[str, str] = {
     "flow_matching": "trainer.methods.flow_matching:FlowMatching",
+    "dmd2": "trainer.methods.dmd2:DMD2",
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engines.image import transformer_velocity
+from engines.denoisers import velocity as denoiser_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer.config import TrainConfig, build
 from trainer.image_task import render_batch, world_batch_cpu
@@ -72,9 +72,12 @@ class FlowMatching:
             max_tokens=self.text_encoder.max_tokens,
         )
 
-    def losses(
-        self, networks: dict, batch: dict, generator: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def phases(self, step: int) -> list[str]:
+        return ["model"]
+
+    def loss(
+        self, phase: str, networks: dict, batch: dict, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0 = render_batch(batch, self.resolution, self.device)
         b = x0.shape[0]
         emb = self.text_encoder.encode_tokens(batch["tokens"])
@@ -86,6 +89,6 @@ class FlowMatching:
         noise = torch.randn(x0.shape, generator=generator, device=self.device)
         s = sigma.view(b, 1, 1, 1)
         x_sigma = (1 - s) * x0 + s * noise
-        velocity = transformer_velocity(networks["model"], x_sigma, sigma * 1000, emb)
+        velocity = denoiser_velocity(networks["model"], x_sigma, sigma * 1000, emb)
         loss = flow_matching_loss(velocity, x0, noise)
-        return {"model": loss}, {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
+        return loss, {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}

@@ -1,0 +1,96 @@
+"""What every distillation method shares: the frozen teacher, its guided velocity, clean-image
+predictions, and backward simulation of a few-step student's own sampler.
+
+Conventions (engines/samplers.py): x_sigma = (1 - sigma) x0 + sigma eps, velocity v = eps - x0,
+timestep = 1000 sigma, x0 = x_sigma - sigma v. Students keep the teacher's parameterisation, so a
+student checkpoint is the same kind of network with a different sampler and default steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engines.card import ModelCard, load_card
+from engines.denoisers import velocity
+from engines.errors import CheckpointError
+from engines.samplers import cfg_velocity
+from engines.text_encoder import TextEmbedding
+from trainer.config import ConfigError
+
+
+@dataclass
+class Teacher:
+    network: torch.nn.Module  # frozen, eval mode, float32 (autocast decides the compute dtype)
+    card: ModelCard
+    scheduler_shift: float
+
+    @property
+    def id(self) -> str:
+        return self.card.id
+
+
+def load_teacher(path: str | None, device: torch.device, method: str) -> Teacher:
+    """The frozen teacher named by the config's `teacher`, with clear errors for a missing path,
+    a damaged checkpoint or one of another modality."""
+    if not path:
+        raise ConfigError(f"method {method!r} distils a teacher: set `teacher` to an image checkpoint directory")
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ConfigError(f"teacher {path!r} does not exist (expected a checkpoint directory with card.json)")
+    try:
+        card = load_card(directory)
+        if card.modality != "image":
+            raise ConfigError(f"teacher {card.id!r} is a {card.modality} model; {method!r} needs an image teacher")
+        from engines.checkpoints import load_scheduler
+        from trainer.networks import load_network
+
+        network = load_network(directory).to(device).requires_grad_(False).eval()
+        shift = float(load_scheduler(directory / "scheduler").config.get("shift", 1.0))
+    except CheckpointError as err:
+        raise ConfigError(f"teacher {path!r} cannot be loaded: {err}") from err
+    return Teacher(network, card, shift)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - s) * x0 + s * noise
+
+
+def predict_x0(model, x: torch.Tensor, sigma: torch.Tensor, emb: TextEmbedding) -> torch.Tensor:
+    """One network evaluation: the clean image implied by the predicted velocity."""
+    v = velocity(model, x, sigma * 1000, emb)
+    return x - sigma.view(-1, *([1] * (x.dim() - 1))) * v
+
+
+def guided_x0(
+    model, x: torch.Tensor, sigma: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, guidance: float
+) -> torch.Tensor:
+    """The teacher's classifier-free-guided clean-image estimate (the DMD 'real score')."""
+    v, _ = cfg_velocity(lambda x_, t_, e_: velocity(model, x_, t_, e_), x, sigma * 1000, cond, null, guidance)
+    return x - sigma.view(-1, *([1] * (x.dim() - 1))) * v
+
+
+def pick(options: list[int] | tuple[int, ...], generator: torch.Generator) -> int:
+    """A seeded choice (the step generator lives on the training device)."""
+    index = int(torch.randint(len(options), (1,), generator=generator, device=generator.device).item())
+    return options[index]
+
+
+@torch.no_grad()
+def simulate_student(
+    model, noise: torch.Tensor, emb: TextEmbedding, grid: torch.Tensor, stop: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward simulation (DMD2): run the student's own jump-and-renoise sampler over `grid` for
+    `stop` steps from pure noise and return (x, sigma) at grid[stop], the input the student will
+    see at that step when it samples. Gradients never flow through the simulated steps."""
+    x = noise
+    b = noise.shape[0]
+    for i in range(stop):
+        sigma = grid[i].expand(b).to(noise.device)
+        x0 = predict_x0(model, x, sigma, emb)
+        fresh = torch.randn(noise.shape, generator=generator, device=noise.device)
+        x = add_noise(x0, fresh, grid[i + 1].expand(b).to(noise.device)).to(noise.dtype)
+    return x, grid[stop].expand(b).to(noise.device)

@@ -1,0 +1,228 @@
+"""DMD2: distribution matching distillation, improved (Yin et al. 2024, arXiv:2405.14867).
+
+A few-step generator G (initialised from the teacher) is trained so that its samples' distribution
+matches the teacher's. At a random noise level t, the frozen teacher with CFG gives the 'real'
+clean-image estimate and a critic (the 'fake score', a copy of the teacher trained by flow
+matching on G's own samples) gives the 'fake' one; their difference, normalised per sample, is
+the gradient of the KL divergence with respect to G's output (DMD, Yin et al. 2023, eq. 7):
+
+    grad = (x0_fake(x_t) - x0_real(x_t)) / mean|x0 - x0_real|,   L_G = 0.5 || x0 - sg(x0 - grad) ||^2
+
+Two time-scale updates: the critic steps every iteration, G every `critic_updates`-th, so the
+critic tracks G's moving distribution. No regression loss. Optional GAN head on the critic's
+bottleneck features, trained to tell noised world renders (real data) from noised G samples.
+Multi-step students use backward simulation: G's input at step j of its k-step sampler is made by
+running G's own sampler for j steps (trailing grids for k in `student_steps` nest, so one
+checkpoint serves 1, 2 and 4 steps).
+
+Reward-weighted DMD (after Stream-R1 / Re-DMD): with `reward_beta` > 0, each sample's DMD loss is
+weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge accepts the sample.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.denoisers import unwrap, velocity
+from engines.samplers import sampler_sigmas
+from engines.text_encoder import TextEmbedding, TextEncoder
+from trainer import distill
+from trainer.config import ConfigError, TrainConfig, build
+from trainer.image_task import new_scheduler, render_batch, world_batch_cpu
+from trainer.methods.flow_matching import flow_matching_loss
+from trainer.worlds import shapes
+
+
+@dataclass
+class DMD2Config:
+    teacher_guidance: float | None = None  # CFG of the real score; None: the teacher card's default
+    critic_updates: int = 5  # critic steps per generator step (two time-scale update rule)
+    critic_lr_scale: float = 1.0
+    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # grids trained by backward simulation
+    sigma_min: float = 0.02  # noise levels where the two scores are compared
+    sigma_max: float = 0.98
+    gan_generator_weight: float = 0.0  # 0 turns the GAN head off
+    gan_critic_weight: float = 0.0
+    reward_beta: float = 0.0  # reward-weighted DMD; 0 = plain DMD2
+
+    def __post_init__(self) -> None:
+        if self.critic_updates < 1:
+            raise ConfigError("method_config.critic_updates must be >= 1")
+        if not self.student_steps or any(not isinstance(k, int) or k < 1 for k in self.student_steps):
+            raise ConfigError(f"method_config.student_steps must be a list of step counts >= 1, got {self.student_steps!r}")
+        if not 0 < self.sigma_min < self.sigma_max <= 1:
+            raise ConfigError("method_config needs 0 < sigma_min < sigma_max <= 1")
+        if min(self.gan_generator_weight, self.gan_critic_weight, self.reward_beta) < 0:
+            raise ConfigError("GAN weights and reward_beta must be >= 0")
+
+
+class GANHead(torch.nn.Module):
+    """Real/fake logit from the critic's bottleneck features: (B, C, H, W) or tokens (B, N, C)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, channels, 3, padding=1),
+            torch.nn.GroupNorm(min(32, channels), channels),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+            torch.nn.SiLU(),
+        )
+        self.out = torch.nn.Linear(channels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() == 3:  # transformer tokens -> a square grid
+            b, n, c = features.shape
+            side = int(round(n**0.5))
+            features = features.transpose(1, 2).reshape(b, c, side, side)
+        return self.out(self.net(features).mean(dim=(2, 3))).squeeze(1)
+
+
+class Critic(torch.nn.Module):
+    """The fake score (a denoiser) plus a GAN head reading its bottleneck through a forward hook."""
+
+    def __init__(self, denoiser: torch.nn.Module, gan: bool) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        inner = unwrap(denoiser)
+        if hasattr(inner, "mid_block"):  # UNet2DConditionModel
+            tap, channels = inner.mid_block, int(inner.config.block_out_channels[-1])
+        else:  # SD3Transformer2DModel: the middle block's image tokens
+            tap = inner.transformer_blocks[len(inner.transformer_blocks) // 2]
+            channels = int(inner.config.num_attention_heads * inner.config.attention_head_dim)
+        self.head = GANHead(channels) if gan else None
+        self._features: torch.Tensor | None = None
+        if gan:
+            tap.register_forward_hook(self._keep)
+
+    def _keep(self, _module, _inputs, output) -> None:
+        self._features = output[1] if isinstance(output, tuple) else output
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, states, pooled, mask, classify: bool = False):
+        v = velocity(self.denoiser, x, sigma * 1000, TextEmbedding(states, pooled, mask))
+        if not classify:
+            return v, None
+        return v, self.head(self._features.float())
+
+
+class DMD2:
+    """Roles: `generator` (trained, EMA'd, exported), `critic` (trained). Frozen: the teacher."""
+
+    role = "student"
+    stochastic_sampling = True
+
+    def __init__(self, config: TrainConfig, device: torch.device, text_encoder: TextEncoder) -> None:
+        self.config = config
+        self.args: DMD2Config = build(DMD2Config, config.method_config, prefix="method_config.")
+        self.device = device
+        self.text_encoder = text_encoder
+        self.teacher = distill.load_teacher(config.teacher, device, config.method)
+        self.teacher_id = self.teacher.id
+        self.guidance = self.args.teacher_guidance
+        if self.guidance is None:
+            self.guidance = self.teacher.card.default_guidance or 1.0
+        from trainer.networks import load_network
+
+        start = config.init_from or config.teacher
+        gan = self.args.gan_generator_weight > 0 or self.args.gan_critic_weight > 0
+        self.networks = {"generator": load_network(start), "critic": Critic(load_network(config.teacher), gan)}
+        self.ema_roles = ("generator",)
+        self.lr_scales = {"critic": self.args.critic_lr_scale}
+        scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
+        self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
+        if config.compile:
+            self.teacher.network = torch.compile(self.teacher.network)
+
+    @property
+    def resolution(self) -> int:
+        return int(unwrap(self.networks["generator"]).config.sample_size)
+
+    def data_source(self):
+        return functools.partial(
+            world_batch_cpu,
+            seed=self.config.seed,
+            batch_size=self.config.batch_size,
+            tokenizer=self.text_encoder.tokenizer,
+            max_tokens=self.text_encoder.max_tokens,
+        )
+
+    def phases(self, step: int) -> list[str]:
+        return ["generator", "critic"] if step % self.args.critic_updates == 0 else ["critic"]
+
+    def _student_sample(self, generator_net, emb: TextEmbedding, shape, rng: torch.Generator, grad: bool):
+        """G's clean image at a random step of a random k-step sampler (backward simulation)."""
+        k = distill.pick(self.args.student_steps, rng)
+        stop = distill.pick(list(range(k)), rng)
+        noise = torch.randn(shape, generator=rng, device=self.device)
+        x, sigma = distill.simulate_student(generator_net, noise, emb, self.grids[k], stop, rng)
+        with torch.set_grad_enabled(grad):
+            return distill.predict_x0(generator_net, x, sigma, emb)
+
+    def _noise_level(self, b: int, rng: torch.Generator) -> torch.Tensor:
+        u = torch.rand(b, generator=rng, device=self.device)
+        return self.args.sigma_min + (self.args.sigma_max - self.args.sigma_min) * u
+
+    def loss(self, phase: str, networks: dict, batch: dict, rng: torch.Generator):
+        emb = self.text_encoder.encode_tokens(batch["tokens"])
+        b, r = emb.states.shape[0], self.resolution
+        shape = (b, 3, r, r)
+        critic = networks["critic"]
+        if phase == "generator":
+            x0 = self._student_sample(networks["generator"], emb, shape, rng, grad=True)
+            t = self._noise_level(b, rng)
+            noise = torch.randn(shape, generator=rng, device=self.device)
+            x_t = distill.add_noise(x0, noise, t)
+            with torch.no_grad():
+                null = self.text_encoder.null(b)
+                real = distill.guided_x0(self.teacher.network, x_t.detach(), t, emb, null, self.guidance)
+                v_fake, _ = critic(x_t.detach(), t, emb.states, emb.pooled, emb.mask)
+                fake = x_t.detach() - t.view(-1, 1, 1, 1) * v_fake
+                scale = (x0.detach() - real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-4)
+                grad = torch.nan_to_num((fake - real) / scale)
+                rewards = self._rewards(x0.detach(), batch["conditions"]) if self.args.reward_beta > 0 else None
+            per_sample = 0.5 * ((x0.float() - (x0 - grad).detach().float()) ** 2).mean(dim=(1, 2, 3))
+            metrics = {}
+            if rewards is not None:
+                weights = torch.exp(self.args.reward_beta * rewards)
+                per_sample = per_sample * weights / weights.mean()
+                metrics["reward"] = rewards.mean()
+            dmd = per_sample.mean()
+            loss = dmd
+            metrics["loss/dmd"] = dmd.detach()
+            if self.args.gan_generator_weight > 0:
+                _, logits = critic(x_t, t, emb.states, emb.pooled, emb.mask, classify=True)
+                gan = F.softplus(-logits).mean()
+                loss = loss + self.args.gan_generator_weight * gan
+                metrics["loss/gan_generator"] = gan.detach()
+            return loss, metrics
+
+        # critic: flow matching on G's (detached) samples, plus the GAN real/fake loss
+        with torch.no_grad():
+            x0 = self._student_sample(networks["generator"], emb, shape, rng, grad=False)
+        sigma = torch.sigmoid(torch.randn(b, generator=rng, device=self.device))
+        noise = torch.randn(shape, generator=rng, device=self.device)
+        v, _ = critic(distill.add_noise(x0, noise, sigma), sigma, emb.states, emb.pooled, emb.mask)
+        loss = flow_matching_loss(v, x0, noise)
+        metrics = {"loss/critic": loss.detach()}
+        if self.args.gan_critic_weight > 0:
+            t = self._noise_level(b, rng)
+            real = render_batch(batch, r, self.device)
+            both = torch.cat([real, x0])
+            t2, noise2 = torch.cat([t, t]), torch.randn(both.shape, generator=rng, device=self.device)
+            states, pooled, mask = (torch.cat([a, a]) for a in (emb.states, emb.pooled, emb.mask))
+            _, logits = critic(distill.add_noise(both, noise2, t2), t2, states, pooled, mask, classify=True)
+            gan = F.softplus(-logits[:b]).mean() + F.softplus(logits[b:]).mean()
+            loss = loss + self.args.gan_critic_weight * gan
+            metrics["loss/gan_critic"] = gan.detach()
+        return loss, metrics
+
+    def _rewards(self, x0: torch.Tensor, conditions: list) -> torch.Tensor:
+        """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU)."""
+        images = shapes.to_uint8((x0.float().clamp(-1, 1) + 1) / 2)
+        rewards = [shapes.matches(shapes.detect(img), c) for img, c in zip(images, conditions)]
+        return torch.tensor(np.array(rewards, dtype=np.float32), device=self.device)
