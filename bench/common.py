@@ -66,7 +66,9 @@ def write_result(
 def markdown_table(result: dict) -> str:
     rows = result["rows"]
     categories = list(dict.fromkeys(k for row in rows for k in row.get("quality", {}) if k != "overall"))
-    head = ["model", "role", "method", "backend", "steps", "NFE", "overall", *categories, "p50 ms", "p90 ms", "img/s (batch)"]
+    with_fd = any("fd" in row for row in rows)  # suites without a distribution metric keep their table
+    head = ["model", "role", "method", "backend", "steps", "NFE", "overall", *categories]
+    head += ["FD"] * with_fd + ["p50 ms", "p90 ms", "img/s (batch)"]
     lines = [
         f"# {result['suite']} benchmark — {result['device']}",
         "",
@@ -86,6 +88,7 @@ def markdown_table(result: dict) -> str:
             str(row["nfe"]),
             f"{q.get('overall', float('nan')):.3f}",
             *(f"{q[c]:.3f}" if c in q else "" for c in categories),
+            *([f"{row['fd']:.2f}" if "fd" in row else ""] * with_fd),
             f"{row['latency_ms_p50']:.1f}",
             f"{row['latency_ms_p90']:.1f}",
             f"{row['throughput_per_s']:.1f} ({row.get('throughput_batch', '')})",

@@ -1,5 +1,9 @@
-"""`python -m bench image`: judge quality, batch-1 latency and large-batch throughput of every
-image checkpoint (or those named) at several step counts, on fixed held-out prompts and seeds."""
+"""`python -m bench image`: judge quality, Fréchet distance, batch-1 latency and large-batch throughput
+of every image checkpoint (or those named) at several step counts, on fixed held-out prompts and seeds.
+
+FD is measured with the feature network shipped in checkpoints/shapes-features (engines/features.py)
+between the generated images the judge scored and the world's renders of the same held-out scenes,
+both at 64 px: smaller images are upsampled by pixel replication first."""
 
 from __future__ import annotations
 
@@ -8,13 +12,22 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from bench.common import RESULTS, percentiles, time_calls, write_result
 from engines.devices import device_name, device_slug, synchronize
+from engines.errors import CheckpointError
+from engines.features import CARD_FILE as FEATURES_CARD
+from engines.features import ShapesFeatureNet, fid_features, frechet_distance, load_feature_network, resize_for_features
 from engines.image import to_pil
 from engines.registry import Registry
 from engines.requests import ImageRequest
 from trainer.worlds import shapes
 
+ROOT = Path(__file__).resolve().parent.parent
+FEATURES = ROOT / "checkpoints" / "shapes-features"
+OTHER_SEED = 2025  # held-out scenes other than the prompts' (seed 2024): the real-vs-real FD baseline
 TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
 STUDENT_STEPS = (1, 2, 4)
 
@@ -29,6 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-repeats", type=int, default=0, help="timed batch-1 calls per row (default 20 GPU, 5 CPU)")
     parser.add_argument("--throughput-batch", type=int, default=0, help="batch for throughput (default 256 GPU, 32 CPU)")
     parser.add_argument("--chunk", type=int, default=0, help="images per forward when scoring (default 280 GPU, 64 CPU)")
+    parser.add_argument("--features", type=Path, default=FEATURES, help="feature network for FD (trainer.train_features)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
     return parser.parse_args(argv)
@@ -43,10 +57,20 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = args.latency_repeats or (20 if on_gpu else 5)
     tp_batch = args.throughput_batch or (256 if on_gpu else 32)
     chunk = args.chunk or (280 if on_gpu else 64)
+    features = load_fd_network(args.features, device)  # before any generation: a missing network fails at once
+    if args.prompts < 2 * features.config.feature_dim:
+        print(f"note: FD of {args.prompts} images ({features.config.feature_dim}-d features) is dominated by small-sample bias")
     names = [m for m in args.models.split(",") if m] or [c.id for c in registry.cards("image")]
     scenes = shapes.eval_scenes(args.prompts)
     prompts, conditions = [s.caption for s in scenes], [s.condition for s in scenes]
     seeds = list(range(len(scenes)))
+    renders = shapes.render(scenes, device)  # (B, 3, 64, 64) in [0, 1]
+    reference = fid_features(features, fd_images(renders))
+    # FD is biased upwards at small sample sizes; the same number of other real scenes shows how far
+    # from 0 a perfect generator would land with this many prompts.
+    other = shapes.render(shapes.eval_scenes(args.prompts, seed=OTHER_SEED), device)
+    real_fd = frechet_distance(fid_features(features, fd_images(other)), reference)
+    floors: dict[int, float] = {}
 
     rows = []
     for name in names:
@@ -57,7 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
             started = time.perf_counter()
             images = engine.sample_prompts(prompts, seeds, steps, batch_size=chunk)
             quality = shapes.judge(shapes.to_uint8((images.float() + 1) / 2), conditions)
+            fd = frechet_distance(fid_features(features, fd_images((images.float() + 1) / 2)), reference)
             scored_s = time.perf_counter() - started
+            resolution = int(images.shape[-1])
+            if resolution not in floors:
+                floors[resolution] = resolution_floor(features, renders, reference, resolution)
             # Batch 1, end to end (text encoding of a fresh prompt included: the cache is bypassed by new prompts).
             latency = time_calls(
                 lambda i, s=steps, e=engine: e.generate(ImageRequest(prompts[i % len(prompts)], seed=i, steps=s)),
@@ -85,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "guidance": card.default_guidance,
                 "batch": 1,
                 "quality": quality,
+                "fd": fd,
+                "resolution": resolution,
                 **percentiles(latency),
                 "throughput_per_s": throughput,
                 "throughput_batch": tp_batch,
@@ -95,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 json.dumps(
                     {k: row[k] for k in ("model", "steps", "nfe", "latency_ms_p50", "throughput_per_s")}
-                    | {"overall": quality["overall"]}
+                    | {"overall": quality["overall"], "fd": fd}
                 ),
                 flush=True,
             )
@@ -107,8 +137,16 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {
         "notes": f"{len(prompts)} held-out prompts (world 'shapes', eval seed 2024), image i from seed i; "
         f"latency = batch-1 end-to-end generate() incl. text encoding, {repeats} timed calls; "
-        f"throughput at batch {tp_batch}.",
+        f"throughput at batch {tp_batch}; "
+        f"fd = Fréchet distance of {features.config.feature_dim}-d features ({args.features.name}) between the generated "
+        "images and the world's renders of the same scenes, at 64 px (smaller images upsampled by pixel replication); "
+        f"renders of {len(prompts)} other scenes score {real_fd:.2f} (FD grows as prompts shrink: compare equal counts).",
         "prompts": len(prompts),
+        "fd_network": fd_network_info(args.features),
+        "fd_real_vs_real": real_fd,
+        # FD of the world's own renders brought down to a row's resolution and back: about what a model
+        # of that resolution that drew its training data exactly would score.
+        "fd_floor_by_resolution": {str(k): v for k, v in sorted(floors.items())},
     }
     json_path, md_path = write_result("image", device_slug(device), device_name(device), rows, summary, extra, args.out)
     print(f"wrote {json_path} and {md_path}")
@@ -128,7 +166,46 @@ def summarise(rows: list[dict]) -> dict:
         if one:
             summary["teacher_1step_overall"] = one[0]["quality"]["overall"]
         summary["teacher_best_latency_ms_p50"] = best["latency_ms_p50"]
+        summary["teacher_best_fd"] = best["fd"]
+        summary["teacher_lowest_fd"] = min(r["fd"] for r in teachers)
     return summary
+
+
+def load_fd_network(path: Path, device: torch.device) -> ShapesFeatureNet:
+    """The FD feature network, or an error saying how to get one: the benchmark never runs without FD."""
+    try:
+        return load_feature_network(path, device)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"bench image measures FD with the feature network at {path} and cannot load it: {err}. Train it with "
+            f"`python -m trainer.train_features --out {path}` or pass --features DIR"
+        ) from err
+
+
+def fd_images(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, h, w) in [0, 1] -> (B, 64, 64, 3) uint8, the form both sides of the FD are measured in."""
+    return shapes.to_uint8(resize_for_features(images.float(), shapes.RESOLUTION))
+
+
+def resolution_floor(features: ShapesFeatureNet, renders: torch.Tensor, reference: np.ndarray, resolution: int) -> float:
+    """FD of the world's renders area-downsampled to `resolution` (as models of that size are
+    trained) and brought back to 64 px like generated images, against the full-size renders."""
+    if resolution == renders.shape[-1]:
+        return 0.0
+    small = torch.nn.functional.interpolate(renders, size=(resolution, resolution), mode="area")
+    return frechet_distance(fid_features(features, fd_images(small)), reference)
+
+
+def fd_network_info(path: Path) -> dict:
+    """Which feature network measured FD, and its own reference distances, from its features.json."""
+    card = json.loads((Path(path) / FEATURES_CARD).read_text()) if (Path(path) / FEATURES_CARD).is_file() else {}
+    path = Path(path).resolve()
+    return {
+        "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "id": card.get("id"),
+        "heldout_accuracy": card.get("heldout", {}).get("accuracy"),
+        "fd_reference": card.get("fd_reference"),
+    }
 
 
 def sample_sheet(engine, prompts: list[str], path: Path) -> None:
@@ -153,6 +230,7 @@ def update_cards(registry: Registry, rows: list[dict], source: Path) -> None:
         for r in mine:
             raw["metrics"][f"{key} @ {r['steps']} steps"] = {
                 **r["quality"],
+                "fd": r["fd"],
                 "latency_ms_p50": r["latency_ms_p50"],
                 "throughput_per_s": r["throughput_per_s"],
             }

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from studio import image_tab, models_tab
+from studio import compare_tab, image_tab, models_tab
 
 if TYPE_CHECKING:
     from engines.registry import Registry
@@ -55,11 +55,18 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
                 image = image_tab.build(registry, settings)
+            with gr.Tab("Compare", id="compare"):
+                compare = compare_tab.build(registry, settings)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(registry)
-        # New or removed checkpoints show up in the Image tab's picker too.
+        # New or removed checkpoints show up in the Image and Compare tabs' pickers too.
         models.refresh_event.then(
             image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private"
+        ).then(
+            compare.handlers.refresh_models,
+            inputs=[compare.teacher, compare.student],
+            outputs=[compare.teacher, compare.student],
+            api_visibility="private",
         )
     demo.queue(max_size=settings.queue_size)
     return demo

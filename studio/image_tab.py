@@ -32,10 +32,16 @@ EXAMPLES = [
 ]
 
 
-def model_choices(registry: Registry) -> list[tuple[str, str]]:
-    """(label, id) pairs for the image models, students first."""
-    cards = sorted(registry.cards("image"), key=lambda c: (c.role != "student", c.default_steps, c.id))
-    return [(f"{c.id} · {c.role} · {c.default_steps} steps", c.id) for c in cards]
+def model_label(card: ModelCard) -> str:
+    """What a model picker shows: enough to tell a 50-step teacher from a 1-step student at a glance."""
+    return f"{card.id} · {card.role} · {card.method} · {card.default_steps} step{'s' * (card.default_steps != 1)}"
+
+
+def model_choices(registry: Registry, role: str | None = None) -> list[tuple[str, str]]:
+    """(label, id) pairs for the image models (of one role, if given), students first, as `Registry.default` picks."""
+    cards = [c for c in registry.cards("image") if role is None or c.role == role]
+    cards.sort(key=lambda c: (c.role != "student", c.default_steps, c.id))
+    return [(model_label(c), c.id) for c in cards]
 
 
 def default_model(registry: Registry) -> ModelCard | None:

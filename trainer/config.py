@@ -117,6 +117,8 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads a bare `no`/`yes` as a boolean
+        return "yes" if value else "no"
     if hint in (int, float, str, bool):
         if isinstance(value, bool) and hint is not bool or not isinstance(value, hint):
             raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")

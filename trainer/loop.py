@@ -145,6 +145,11 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
             _trim_log(log_path, start_step)
             print(f"resumed from {latest} at step {start_step}", flush=True)
 
+    if device.type == "cuda":
+        # Small convolutions are slow in NCHW; cuDNN picks its fastest kernels for our fixed shapes.
+        torch.backends.cudnn.benchmark = True
+        for net in [*networks.values(), *ema.values()]:
+            net.to(memory_format=torch.channels_last)
     for name in networks:
         networks[name], optimizers[name] = accelerator.prepare(networks[name], optimizers[name])
     for net in ema.values():
@@ -283,6 +288,9 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
             if step % config.checkpoint_every == 0 and step < config.max_steps:
                 save(step)
 
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:  # prefetching workers would otherwise outlive a run stopped early
+        shutdown()
     final_ckpt = save(step)
     finished = step >= config.max_steps or budget_reached  # a spent time budget also ends the run
     summary = {

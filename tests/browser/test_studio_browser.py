@@ -111,3 +111,32 @@ def test_models_tab_shows_the_card(page):
     page.locator("#models-refresh").click()
     expect(page.locator("#models-status")).to_contain_text("tiny-cpu (torch)")  # loaded when the studio started
     expect(page.locator("#models-problems")).to_contain_text("No problems")
+
+
+def test_compare_tab_shows_both_sides_then_races(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt").get_by_role("textbox").fill("a red circle to the left of a blue square")
+    set_number(page, "compare-seed", 42)
+    set_number(page, "compare-teacher-steps", 2)  # few steps keep the test fast; the picker defaults to the card's 4
+    set_number(page, "compare-student-steps", 1)
+    page.locator("#compare").click()
+    expect(page.locator("#compare-teacher-info")).to_contain_text("latency")
+    expect(page.locator("#compare-teacher-info")).to_contain_text("NFE 4 · steps 2")
+    expect(page.locator("#compare-student-info")).to_contain_text("NFE 2 · steps 1")
+    expect(page.locator("#compare-student-info")).to_contain_text("judge (position)")
+    expect(page.locator("#compare-summary")).to_contain_text("reads the prompt as position")
+    for side in ("teacher", "student"):
+        assert natural_sizes(page, f"#compare-{side}-image img") == [[256, 256]]  # 16 px shown at 256 px
+
+    # A bad step count is a message, not a traceback; then the race streams to a finished teacher.
+    set_number(page, "compare-teacher-steps", 0)
+    page.locator("#compare").click()
+    page.get_by_text("teacher steps must be from 1 to 1000, got 0").first.wait_for(state="visible")
+    set_number(page, "compare-teacher-steps", 3)
+    page.locator("#compare-prompt").get_by_role("textbox").fill("three yellow triangles")
+    page.locator("#race").click()
+    expect(page.locator("#compare-summary")).to_contain_text("reads the prompt as counting")
+    expect(page.locator("#compare-teacher-info")).to_contain_text("NFE 6 · steps 3")
+    assert natural_sizes(page, "#compare-teacher-image img") == [[256, 256]]

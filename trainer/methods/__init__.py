@@ -24,6 +24,10 @@ from trainer.config import ConfigError
 METHODS: dict[str, str] = {
     "flow_matching": "trainer.methods.flow_matching:FlowMatching",
     "dmd2": "trainer.methods.dmd2:DMD2",
+    "lcm": "trainer.methods.lcm:LCM",
+    "scm": "trainer.methods.scm:SCM",
+    "reflow": "trainer.methods.reflow:Reflow",
+    "guidance": "trainer.methods.guidance:GuidanceDistillation",
 }
 
 

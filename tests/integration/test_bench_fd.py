@@ -1,0 +1,48 @@
+"""`bench image` end to end on the tiny 16 px checkpoint: every row gets an FD measured with the
+shipped feature network, and the JSON and Markdown agree."""
+
+import json
+import math
+
+import pytest
+
+from bench import image as bench_image
+from engines.errors import CheckpointError
+
+
+def run_bench(root, out, *extra: str) -> dict:
+    return bench_image.main(
+        [
+            "--device=cpu",
+            "--models=tiny-cpu",
+            f"--checkpoints={root}",
+            "--prompts=14",
+            "--steps=1,2",
+            "--latency-repeats=1",
+            "--throughput-batch=2",
+            f"--out={out}",
+            *extra,
+        ]
+    )
+
+
+def test_every_row_has_an_fd_above_the_resolution_floor(tiny_image_root, tmp_path):
+    result = run_bench(tiny_image_root, tmp_path)
+    assert [r["steps"] for r in result["rows"]] == [1, 2]
+    floor = result["fd_floor_by_resolution"]["16"]  # the tiny model draws 16 px images
+    for row in result["rows"]:
+        assert row["resolution"] == 16 and math.isfinite(row["fd"]) and row["fd"] > floor > 0
+    assert result["fd_network"]["id"] == "shapes-features"
+    # 14 other real scenes: the small-sample baseline, large here (14 samples of 128-d features)
+    assert math.isfinite(result["fd_real_vs_real"]) and result["fd_real_vs_real"] > 0
+    table = (tmp_path / "image-cpu.md").read_text()
+    assert "| FD |" in table
+    for row in result["rows"]:
+        assert f"| {row['fd']:.2f} |" in table
+    assert json.loads((tmp_path / "image-cpu.json").read_text())["rows"][0]["fd"] == result["rows"][0]["fd"]
+
+
+def test_missing_feature_network_fails_before_generating(tiny_image_root, tmp_path):
+    with pytest.raises(CheckpointError, match="train_features"):
+        run_bench(tiny_image_root, tmp_path, f"--features={tmp_path / 'absent'}")
+    assert not (tmp_path / "image-cpu.json").exists()
