@@ -28,8 +28,6 @@ from trainer.worlds import shapes
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ROOT / "checkpoints" / "shapes-features"
 OTHER_SEED = 2025  # held-out scenes other than the prompts' (seed 2024): the real-vs-real FD baseline
-TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
-STUDENT_STEPS = (1, 2, 4)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +36,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default="", help="comma-separated checkpoint ids (default: every image checkpoint)")
     parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
     parser.add_argument("--prompts", type=int, default=560, help="held-out prompts (balanced over the 7 categories)")
-    parser.add_argument("--steps", default="", help="step counts, e.g. 1,2,4 (default 1,2,4,8,25,50 teachers; 1,2,4 students)")
+    parser.add_argument("--steps", default="", help="step counts for every model, e.g. 1,2,4 (overrides the two below)")
+    parser.add_argument("--teacher-steps", default="1,2,4,8,25,50", help="step counts for teachers")
+    parser.add_argument("--student-steps", default="1,2,4", help="step counts for students")
     parser.add_argument("--latency-repeats", type=int, default=0, help="timed batch-1 calls per row (default 20 GPU, 5 CPU)")
     parser.add_argument("--throughput-batch", type=int, default=0, help="batch for throughput (default 256 GPU, 32 CPU)")
     parser.add_argument("--chunk", type=int, default=0, help="images per forward when scoring (default 280 GPU, 64 CPU)")
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         card = registry.card(name)
         engine = registry.engine(name)
-        steps_list = [int(s) for s in args.steps.split(",") if s] or (TEACHER_STEPS if card.role == "teacher" else STUDENT_STEPS)
+        by_role = args.teacher_steps if card.role == "teacher" else args.student_steps
+        steps_list = [int(s) for s in (args.steps or by_role).split(",") if s]
         for steps in steps_list:
             started = time.perf_counter()
             images = engine.sample_prompts(prompts, seeds, steps, batch_size=chunk)
