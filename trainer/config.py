@@ -68,6 +68,9 @@ class TrainConfig:
     eval_steps: int | None = None  # None: the export's default_steps
     eval_guidance: float | None = None
     checkpoint_every: int = 500
+    collapse_guard: bool = True  # students: stop when samples collapse (trainer/guard.py), keep the last good checkpoint
+    guard_diversity_ratio: float = 0.35
+    guard_judge_drop: float = 0.25
     keep_checkpoints: int = 2
     export: ExportConfig = field(default_factory=ExportConfig)
 

@@ -91,6 +91,26 @@ def evaluate(
     return shapes.judge(shapes.to_uint8((images + 1) / 2), [s.condition for s in scenes])
 
 
+def sample_diversity(
+    network,
+    text_encoder: TextEncoder,
+    steps: int,
+    guidance: float,
+    device: torch.device,
+    scheduler=None,
+    prompts: int = 4,
+    seeds: int = 4,
+) -> float:
+    """How much samples of one prompt differ across seeds (trainer.guard.diversity), on fixed prompts."""
+    from trainer.guard import diversity
+
+    captions = [s.caption for s in shapes.eval_scenes(prompts, seed=11) for _ in range(seeds)]
+    images = sample_images(
+        network, text_encoder, captions, list(range(len(captions))), steps, guidance, device, scheduler=scheduler
+    )
+    return diversity(images, seeds)
+
+
 def image_grid(images: list[Image.Image], columns: int = 8, scale: int = 2) -> Image.Image:
     w, h = images[0].size
     rows = math.ceil(len(images) / columns)

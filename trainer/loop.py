@@ -24,7 +24,8 @@ from engines.devices import device_name, pick_device
 from engines.text_encoder import TextEncoder
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, to_dict
-from trainer.image_task import evaluate, export_checkpoint, new_scheduler, sample_grid
+from trainer.guard import CollapseGuard, TrainingCollapsed
+from trainer.image_task import evaluate, export_checkpoint, new_scheduler, sample_diversity, sample_grid
 from trainer.methods import method_class
 
 
@@ -167,7 +168,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
             return None
         parts = {name: unwrapped(name) for name in networks} | {f"ema-{name}": net for name, net in ema.items()}
         meta = {"images_seen": images_seen, "elapsed_seconds": elapsed_before + time.perf_counter() - started}
-        return ckpt.save_checkpoint(run_dir, step, parts, optimizers, meta, keep=config.keep_checkpoints)
+        return ckpt.save_checkpoint(run_dir, step, parts, optimizers, meta, keep=config.keep_checkpoints, protect=last_good)
 
     sampler = export_scheduler(config, method)  # training-time samples use the sampler that ships
     eval_steps = config.eval_steps or config.export.default_steps
@@ -189,6 +190,11 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
     )
     batches = iter(loader)
 
+    guard = None
+    if config.collapse_guard and method.role == "student":
+        guard = CollapseGuard(config.guard_diversity_ratio, config.guard_judge_drop)
+    last_good: Path | None = None
+
     def run_eval(at_step: int) -> dict[str, float]:
         scores = evaluate(
             next(iter(ema.values())),
@@ -199,11 +205,21 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
             device,
             scheduler=sampler,
         )
-        log(
-            {"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance}
-            | {f"eval/{k}": v for k, v in scores.items()}
-        )
+        record = {"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance}
+        record |= {f"eval/{k}": v for k, v in scores.items()}
+        if guard is not None:
+            record["eval/diversity"] = sample_diversity(
+                next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device, scheduler=sampler
+            )
+        log(record)
         print(f"eval at step {at_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+        if guard is not None:
+            verdict = guard.check(at_step, scores["overall"], record["eval/diversity"])
+            if verdict:
+                raise TrainingCollapsed(
+                    f"{verdict}. Stopped; the last good checkpoint is {last_good or 'none (collapsed at the first evaluation)'}"
+                    " — resume from it with a lower lr, more critic updates or a GAN weight."
+                )
         return scores
 
     started = time.perf_counter()
@@ -285,6 +301,8 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                 grid.save(run_dir / "samples" / "latest.png")
             if accelerator.is_main_process and step % config.eval_every == 0:
                 run_eval(step)
+                if guard is not None:  # healthy: keep this state as the one to fall back to
+                    last_good = save(step)
             if step % config.checkpoint_every == 0 and step < config.max_steps:
                 save(step)
 

@@ -1,0 +1,136 @@
+"""Distillation runs on CPU: exact resume of a multi-phase method, the NaN stop, the collapse
+guard, and clear errors for bad teachers and methods."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.config import ConfigError, load_config
+from trainer.guard import TrainingCollapsed
+from trainer.loop import StopFlag, TrainingDiverged, train
+
+
+@pytest.fixture()
+def dmd2_args(tiny_image_root, tmp_path):
+    def make(name: str, *extra: str) -> list[str]:
+        return [
+            "--method=dmd2",
+            f"--teacher={tiny_image_root / 'tiny-cpu'}",
+            "--method_config.critic_updates=2",
+            "--batch_size=4",
+            "--log_every=1",
+            "--sample_every=1000",
+            "--eval_every=1000",
+            "--checkpoint_every=1000",
+            "--warmup_steps=1",
+            "--max_steps=5",
+            f"--run_dir={tmp_path / name}",
+            f"--export.output_dir={tmp_path / name / 'model'}",
+            *extra,
+        ]
+
+    return make
+
+
+def losses(run_dir) -> dict[int, dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {
+        r["step"]: {k: v for k, v in r.items() if k.startswith("loss")} for r in records if any(k.startswith("loss") for k in r)
+    }
+
+
+def test_dmd2_killed_and_resumed_logs_the_same_losses(dmd2_args, text_encoder, tmp_path):
+    train(load_config("configs/tiny-cpu.yaml", dmd2_args("straight")), text_encoder=text_encoder)
+    stop = StopFlag()
+    train(
+        load_config("configs/tiny-cpu.yaml", dmd2_args("broken")),
+        stop=stop,
+        on_step=lambda step: stop.set() if step == 3 else None,
+        text_encoder=text_encoder,
+    )
+    train(load_config("configs/tiny-cpu.yaml", dmd2_args("broken")), text_encoder=text_encoder)
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "broken")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
+    assert {"loss/dmd", "loss/critic"} <= set(a[1])  # step index 0: generator and critic phases
+    for step in (4, 5):  # the steps after the kill
+        assert a[step] == b[step]
+
+
+def test_a_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(dmd2_args, text_encoder, monkeypatch):
+    from trainer.methods import dmd2
+
+    original = dmd2.DMD2.loss
+    calls = {"n": 0}
+
+    def poisoned(self, phase, networks, batch, rng):
+        loss, metrics = original(self, phase, networks, batch, rng)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 4 else loss), metrics  # steps 1-2 make 3 calls; step 3's 2nd call
+
+    monkeypatch.setattr(dmd2.DMD2, "loss", poisoned)
+    args = dmd2_args("nan", "--checkpoint_every=2")
+    with pytest.raises(TrainingDiverged, match=r"'critic' loss or its gradients became NaN/inf at step 3.*step-00000002") as err:
+        train(load_config("configs/tiny-cpu.yaml", args), text_encoder=text_encoder)
+    assert "weights were not updated" in str(err.value)
+    run_dir = load_config("configs/tiny-cpu.yaml", args).run_dir
+    last = ckpt.latest_checkpoint(run_dir)
+    assert last.name == "step-00000002"
+    state = ckpt.load_state(last)
+    assert state["step"] == 2
+
+
+def test_collapse_guard_stops_and_keeps_the_last_healthy_checkpoint(dmd2_args, text_encoder, monkeypatch):
+    import trainer.loop
+
+    readings = iter([0.30, 0.29, 0.01])  # healthy, healthy, collapsed
+    monkeypatch.setattr(trainer.loop, "sample_diversity", lambda *a, **k: next(readings))
+    args = dmd2_args("collapse", "--eval_every=1", "--eval_prompts=7", "--keep_checkpoints=1")
+    with pytest.raises(TrainingCollapsed, match=r"collapsed at step 3: sample diversity fell to 0.0100 from 0.3000") as err:
+        train(load_config("configs/tiny-cpu.yaml", args), text_encoder=text_encoder)
+    message = str(err.value)
+    assert "last good checkpoint is" in message and "step-00000002" in message
+    run_dir = load_config("configs/tiny-cpu.yaml", args).run_dir
+    assert (ckpt.latest_checkpoint(run_dir)).name == "step-00000002"  # protected from pruning, nothing newer
+
+
+def test_bad_teachers_and_methods_are_refused_clearly(dmd2_args, text_encoder, tiny_image_root, tmp_path):
+    def run(name: str, *extra: str) -> None:
+        train(load_config("configs/tiny-cpu.yaml", [*dmd2_args(name), *extra]), text_encoder=text_encoder)
+
+    with pytest.raises(ConfigError, match="unknown method 'dmd3'"):
+        run("a", "--method=dmd3")
+    with pytest.raises(ConfigError, match="does not exist"):
+        run("b", f"--teacher={tmp_path / 'nope'}")
+    with pytest.raises(ConfigError, match="set `teacher`"):
+        run("c", "--teacher=null")
+    video = tmp_path / "video-teacher"
+    shutil.copytree(tiny_image_root / "tiny-cpu", video)
+    card = json.loads((video / "card.json").read_text())
+    (video / "card.json").write_text(json.dumps(card | {"modality": "video", "id": "vid"}))
+    with pytest.raises(ConfigError, match="'vid' is a video model; 'dmd2' needs an image teacher"):
+        run("d", f"--teacher={video}")
+    with pytest.raises(ConfigError, match="student_steps"):
+        run("e", "--method_config.student_steps=[0]")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        run("f", "--method_config.ttur=3")
+
+
+def test_dmd2_reward_weighting_and_gan_head_train_and_log(dmd2_args, text_encoder, tmp_path):
+    args = dmd2_args(
+        "extras",
+        "--method_config.reward_beta=2.0",
+        "--method_config.gan_generator_weight=0.01",
+        "--method_config.gan_critic_weight=0.01",
+        "--max_steps=3",
+    )
+    train(load_config("configs/tiny-cpu.yaml", args), text_encoder=text_encoder)
+    logged = losses(tmp_path / "extras")
+    assert {"loss/dmd", "loss/gan_generator", "loss/critic", "loss/gan_critic"} <= set(logged[1])
+    assert all(torch.isfinite(torch.tensor(v)) for step in logged.values() for v in step.values())
+    record = json.loads((tmp_path / "extras" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= record["reward"] <= 1.0
+    critic = ckpt.latest_checkpoint(tmp_path / "extras") / "critic" / "model.safetensors"
+    assert critic.is_file()  # the critic with its GAN head is checkpointed (safetensors) for exact resume
