@@ -27,15 +27,23 @@ class SampleState:
 
 
 def cfg_velocity(
-    velocity: VelocityFn, x: torch.Tensor, t: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, guidance: float
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: TextEmbedding,
+    null: TextEmbedding,
+    guidance: float | torch.Tensor,
 ) -> tuple[torch.Tensor, int]:
-    """Classifier-free guidance in one batched call: v = v_null + g (v_cond - v_null). Returns (v, nfe)."""
-    if guidance <= 1.0:
+    """Classifier-free guidance in one batched call: v = v_null + g (v_cond - v_null). Returns (v, nfe).
+    `guidance` is one scale, or one per image (B,) (guidance distillation trains on many at once)."""
+    if not torch.is_tensor(guidance) and guidance <= 1.0:
         return velocity(x, t, cond), 1
     both = TextEmbedding(
         torch.cat([cond.states, null.states]), torch.cat([cond.pooled, null.pooled]), torch.cat([cond.mask, null.mask])
     )
     v_cond, v_null = velocity(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+    if torch.is_tensor(guidance):
+        guidance = guidance.to(v_null.dtype).view(-1, *([1] * (x.dim() - 1)))
     return v_null + guidance * (v_cond - v_null), 2
 
 

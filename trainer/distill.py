@@ -65,11 +65,20 @@ def predict_x0(model, x: torch.Tensor, sigma: torch.Tensor, emb: TextEmbedding) 
     return x - sigma.view(-1, *([1] * (x.dim() - 1))) * v
 
 
+def guided_velocity(
+    model, x: torch.Tensor, sigma: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, guidance: float | torch.Tensor
+) -> torch.Tensor:
+    """The teacher's classifier-free-guided velocity at flow noise level sigma (B,); `guidance` is
+    one scale or one per image."""
+    v, _ = cfg_velocity(lambda x_, t_, e_: velocity(model, x_, t_, e_), x, sigma * 1000, cond, null, guidance)
+    return v
+
+
 def guided_x0(
     model, x: torch.Tensor, sigma: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, guidance: float
 ) -> torch.Tensor:
     """The teacher's classifier-free-guided clean-image estimate (the DMD 'real score')."""
-    v, _ = cfg_velocity(lambda x_, t_, e_: velocity(model, x_, t_, e_), x, sigma * 1000, cond, null, guidance)
+    v = guided_velocity(model, x, sigma, cond, null, guidance)
     return x - sigma.view(-1, *([1] * (x.dim() - 1))) * v
 
 

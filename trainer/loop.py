@@ -172,7 +172,8 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
 
     sampler = export_scheduler(config, method)  # training-time samples use the sampler that ships
     eval_steps = config.eval_steps or config.export.default_steps
-    eval_guidance = config.export.default_guidance if config.eval_guidance is None else config.eval_guidance
+    shipped_guidance = getattr(method, "export_overrides", {}).get("default_guidance", config.export.default_guidance)
+    eval_guidance = shipped_guidance if config.eval_guidance is None else config.eval_guidance
 
     def log(record: dict) -> None:
         if accelerator.is_main_process:
@@ -330,13 +331,17 @@ def export_scheduler(config: TrainConfig, method):
 def export(config: TrainConfig, method, network, summary: dict, metrics: dict, device: torch.device) -> Path:
     out = Path(config.export.output_dir or Path(config.run_dir) / "model")
     on_gpu = device.type == "cuda"
+    # Card fields a method decides, e.g. a student with CFG distilled in ships guidance 1 (CFG again would double it).
+    overrides = getattr(method, "export_overrides", {})
+    if hasattr(method, "card_metrics"):  # e.g. reflow's straightness
+        metrics = {**metrics, **method.card_metrics()}
     card = ModelCard(
         id=config.export.id,
         modality="image",
         role=method.role,
         method=config.method,
-        default_steps=config.export.default_steps,
-        default_guidance=config.export.default_guidance,
+        default_steps=overrides.get("default_steps", config.export.default_steps),
+        default_guidance=overrides.get("default_guidance", config.export.default_guidance),
         resolution=int(network.config.sample_size),
         teacher=getattr(method, "teacher_id", None),
         description=config.export.description,

@@ -21,7 +21,6 @@ weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge ac
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,8 +31,9 @@ from engines.denoisers import unwrap, velocity
 from engines.samplers import sampler_sigmas
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer import distill
-from trainer.config import ConfigError, TrainConfig, build
-from trainer.image_task import new_scheduler, render_batch, world_batch_cpu
+from trainer.config import ConfigError, TrainConfig
+from trainer.image_task import new_scheduler, render_batch
+from trainer.methods.base import DistillationMethod
 from trainer.methods.flow_matching import flow_matching_loss
 from trainer.worlds import shapes
 
@@ -110,22 +110,16 @@ class Critic(torch.nn.Module):
         return v, self.head(self._features.float())
 
 
-class DMD2:
+class DMD2(DistillationMethod):
     """Roles: `generator` (trained, EMA'd, exported), `critic` (trained). Frozen: the teacher."""
 
-    role = "student"
+    primary = "generator"
     stochastic_sampling = True
+    export_overrides = {"default_guidance": 1.0}  # the teacher's CFG is distilled in
 
     def __init__(self, config: TrainConfig, device: torch.device, text_encoder: TextEncoder) -> None:
-        self.config = config
-        self.args: DMD2Config = build(DMD2Config, config.method_config, prefix="method_config.")
-        self.device = device
-        self.text_encoder = text_encoder
-        self.teacher = distill.load_teacher(config.teacher, device, config.method)
-        self.teacher_id = self.teacher.id
-        self.guidance = self.args.teacher_guidance
-        if self.guidance is None:
-            self.guidance = self.teacher.card.default_guidance or 1.0
+        self._init_distillation(config, device, text_encoder, DMD2Config)
+        self.args: DMD2Config
         from trainer.networks import load_network
 
         start = config.init_from or config.teacher
@@ -137,19 +131,6 @@ class DMD2:
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
         if config.compile:
             self.teacher.network = torch.compile(self.teacher.network)
-
-    @property
-    def resolution(self) -> int:
-        return int(unwrap(self.networks["generator"]).config.sample_size)
-
-    def data_source(self):
-        return functools.partial(
-            world_batch_cpu,
-            seed=self.config.seed,
-            batch_size=self.config.batch_size,
-            tokenizer=self.text_encoder.tokenizer,
-            max_tokens=self.text_encoder.max_tokens,
-        )
 
     def phases(self, step: int) -> list[str]:
         return ["generator", "critic"] if step % self.args.critic_updates == 0 else ["critic"]

@@ -7,7 +7,6 @@ with sigma ~ logit-normal(m, s) and c replaced by the null condition with probab
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +14,8 @@ import torch
 from engines.denoisers import velocity as denoiser_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer.config import TrainConfig, build
-from trainer.image_task import render_batch, world_batch_cpu
+from trainer.image_task import render_batch
+from trainer.methods.base import ImageMethod
 from trainer.networks import build_network, load_network
 
 
@@ -44,8 +44,10 @@ def drop_condition(emb: TextEmbedding, keep: torch.Tensor) -> TextEmbedding:
     return TextEmbedding(emb.states * k[:, None, None], emb.pooled * k[:, None], emb.mask & keep[:, None])
 
 
-class FlowMatching:
+class FlowMatching(ImageMethod):
     """Roles: `model` (trained, EMA'd). No frozen roles. Trains teachers."""
+
+    primary = "model"
 
     role = "teacher"
 
@@ -57,23 +59,6 @@ class FlowMatching:
         network = build_network(config.model_preset) if config.init_from is None else load_network(config.init_from)
         self.networks = {"model": network}
         self.ema_roles = ("model",)
-
-    @property
-    def resolution(self) -> int:
-        return int(self.networks["model"].config.sample_size)
-
-    def data_source(self):
-        """Picklable (step, rank, micro) -> CPU batch, run in data-loader workers."""
-        return functools.partial(
-            world_batch_cpu,
-            seed=self.config.seed,
-            batch_size=self.config.batch_size,
-            tokenizer=self.text_encoder.tokenizer,
-            max_tokens=self.text_encoder.max_tokens,
-        )
-
-    def phases(self, step: int) -> list[str]:
-        return ["model"]
 
     def loss(
         self, phase: str, networks: dict, batch: dict, generator: torch.Generator

@@ -17,16 +17,16 @@ distillation) is a separate method.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
 from engines.denoisers import GUIDANCE_EMBEDDING_DIM, embeds_guidance, unwrap, velocity
-from engines.text_encoder import TextEmbedding, TextEncoder
+from engines.text_encoder import TextEncoder
 from trainer import distill
 from trainer.config import ConfigError, TrainConfig, build
-from trainer.image_task import render_batch, world_batch_cpu
+from trainer.image_task import render_batch
+from trainer.methods.base import ImageMethod
 from trainer.methods.flow_matching import shift_sigma
 from trainer.methods.reflow import set_export_field
 
@@ -70,17 +70,10 @@ def with_guidance_input(network, dim: int = GUIDANCE_EMBEDDING_DIM):
     return student
 
 
-def guided_velocity(model, x: torch.Tensor, t: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, w: torch.Tensor):
-    """CFG with a scale per image, w (B,): v_null + w (v_cond - v_null), in one batched call."""
-    both = TextEmbedding(
-        torch.cat([cond.states, null.states]), torch.cat([cond.pooled, null.pooled]), torch.cat([cond.mask, null.mask])
-    )
-    v_cond, v_null = velocity(model, torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
-    return v_null + w.view(-1, *([1] * (x.dim() - 1))).to(v_null.dtype) * (v_cond - v_null)
-
-
-class GuidanceDistillation:
+class GuidanceDistillation(ImageMethod):
     """Roles: `student` (trained, EMA'd, exported). Frozen: the teacher."""
+
+    primary = "student"
 
     role = "student"
     stochastic_sampling = False  # the teacher's deterministic Euler sampler, one evaluation per step
@@ -113,22 +106,6 @@ class GuidanceDistillation:
         if config.compile:
             self.teacher.network = torch.compile(self.teacher.network)
 
-    @property
-    def resolution(self) -> int:
-        return int(unwrap(self.networks["student"]).config.sample_size)
-
-    def data_source(self):
-        return functools.partial(
-            world_batch_cpu,
-            seed=self.config.seed,
-            batch_size=self.config.batch_size,
-            tokenizer=self.text_encoder.tokenizer,
-            max_tokens=self.text_encoder.max_tokens,
-        )
-
-    def phases(self, step: int) -> list[str]:
-        return ["student"]
-
     def loss(self, phase: str, networks: dict, batch: dict, rng: torch.Generator):
         x0 = render_batch(batch, self.resolution, self.device)
         b = x0.shape[0]
@@ -141,7 +118,7 @@ class GuidanceDistillation:
         x = distill.add_noise(x0, noise, sigma)
         t = sigma * 1000
         with torch.no_grad():
-            target = guided_velocity(self.teacher.network, x, t, emb, self.text_encoder.null(b), w)
+            target = distill.guided_velocity(self.teacher.network, x, sigma, emb, self.text_encoder.null(b), w)
         v = velocity(networks["student"], x, t, emb, guidance=w)
         loss = torch.mean((v.float() - target.float()) ** 2)
         return loss, {"loss": loss.detach(), "w_mean": w.mean(), "sigma_mean": sigma.mean()}

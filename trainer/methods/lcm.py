@@ -31,17 +31,16 @@ the engines' trailing grids: every noise level the sampler visits lies in the tr
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from engines.denoisers import unwrap, velocity
-from engines.samplers import cfg_velocity
-from engines.text_encoder import TextEmbedding, TextEncoder
+from engines.denoisers import unwrap
+from engines.text_encoder import TextEncoder
 from trainer import distill
-from trainer.config import ConfigError, TrainConfig, build
-from trainer.image_task import new_scheduler, render_batch, world_batch_cpu
+from trainer.config import ConfigError, TrainConfig
+from trainer.image_task import new_scheduler, render_batch
+from trainer.methods.base import DistillationMethod
 
 WEIGHTINGS = ("inverse_step", "uniform")
 
@@ -68,14 +67,6 @@ class LCMConfig:
             raise ConfigError(f"method_config.weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
 
 
-def guided_velocity(
-    model, x: torch.Tensor, sigma: torch.Tensor, cond: TextEmbedding, null: TextEmbedding, guidance: float
-) -> torch.Tensor:
-    """The teacher's classifier-free-guided velocity at flow noise level sigma (B,)."""
-    v, _ = cfg_velocity(lambda x_, t_, e_: velocity(model, x_, t_, e_), x, sigma * 1000, cond, null, guidance)
-    return v
-
-
 def euler_grid(num_timesteps: int, shift: float) -> torch.Tensor:
     """The teacher's N-step Euler grid with the final 0: (N + 1,) from 1 down to 0, shifted as it samples."""
     scheduler = new_scheduler(shift)
@@ -89,22 +80,16 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
     return torch.sqrt(squared + c * c) - c
 
 
-class LCM:
+class LCM(DistillationMethod):
     """Roles: `student` (trained, EMA'd, exported). Frozen: the teacher."""
 
-    role = "student"
+    primary = "student"
     stochastic_sampling = True
+    export_overrides = {"default_guidance": 1.0}  # the teacher's CFG is distilled in
 
     def __init__(self, config: TrainConfig, device: torch.device, text_encoder: TextEncoder) -> None:
-        self.config = config
-        self.args: LCMConfig = build(LCMConfig, config.method_config, prefix="method_config.")
-        self.device = device
-        self.text_encoder = text_encoder
-        self.teacher = distill.load_teacher(config.teacher, device, config.method)
-        self.teacher_id = self.teacher.id
-        self.guidance = self.args.teacher_guidance
-        if self.guidance is None:
-            self.guidance = self.teacher.card.default_guidance or 1.0
+        self._init_distillation(config, device, text_encoder, LCMConfig)
+        self.args: LCMConfig
         from trainer.networks import load_network
 
         self.networks = {"student": load_network(config.init_from or config.teacher)}
@@ -113,22 +98,6 @@ class LCM:
         self.grid = euler_grid(self.args.num_timesteps, config.export.scheduler_shift).to(device)
         if config.compile:
             self.teacher.network = torch.compile(self.teacher.network)
-
-    @property
-    def resolution(self) -> int:
-        return int(unwrap(self.networks["student"]).config.sample_size)
-
-    def data_source(self):
-        return functools.partial(
-            world_batch_cpu,
-            seed=self.config.seed,
-            batch_size=self.config.batch_size,
-            tokenizer=self.text_encoder.tokenizer,
-            max_tokens=self.text_encoder.max_tokens,
-        )
-
-    def phases(self, step: int) -> list[str]:
-        return ["student"]
 
     def _pairs(self, b: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma_n, sigma_{n+k}) per sample, n uniform over the N - k + 1 pairs of the grid."""
@@ -146,7 +115,7 @@ class LCM:
         x = distill.add_noise(x0, noise, sigma)
         with torch.no_grad():
             null = self.text_encoder.null(b)
-            v = guided_velocity(self.teacher.network, x, sigma, emb, null, self.guidance)
+            v = distill.guided_velocity(self.teacher.network, x, sigma, emb, null, self.guidance)
             x_next = x + (sigma_next - sigma).view(-1, 1, 1, 1) * v  # one Euler step of the teacher's ODE
             # sg(f_theta): the bare module (no DDP hooks needed without a graph); f(x, 0) = x exactly.
             target = distill.predict_x0(unwrap(student), x_next, sigma_next, emb)

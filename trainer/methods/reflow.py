@@ -31,7 +31,6 @@ metric every `straightness_every` steps (and at the last step).
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer import distill
 from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import new_scheduler, world_batch_cpu
+from trainer.methods.base import ImageMethod
 from trainer.methods.flow_matching import flow_matching_loss
 from trainer.worlds import shapes
 
@@ -175,9 +175,12 @@ def set_export_field(config: TrainConfig, name: str, value, why: str) -> None:
         setattr(config.export, name, value)
 
 
-class Reflow:
+class Reflow(ImageMethod):
     """Roles: `student` (trained, EMA'd, exported). Frozen: the teacher, and the pair model when it
     is not the teacher (a reflowed student making its own pairs for the distill stage)."""
+
+    primary = "student"
+    make_batch = staticmethod(world_batch_with_step)
 
     role = "student"
     stochastic_sampling = False  # a (straightened) ODE: the deterministic Euler sampler ships
@@ -233,22 +236,6 @@ class Reflow:
                 f"the pair model {checkpoint} samples stochastically (jump and re-noise): it has no ODE for reflow to "
                 "straighten; use an ODE model (a teacher or a reflow student)"
             )
-
-    @property
-    def resolution(self) -> int:
-        return int(unwrap(self.networks["student"]).config.sample_size)
-
-    def data_source(self):
-        return functools.partial(
-            world_batch_with_step,
-            seed=self.config.seed,
-            batch_size=self.config.batch_size,
-            tokenizer=self.text_encoder.tokenizer,
-            max_tokens=self.text_encoder.max_tokens,
-        )
-
-    def phases(self, step: int) -> list[str]:
-        return ["student"]
 
     def card_metrics(self) -> dict:
         """For the exported card, once the loop asks methods for extra metrics (see the report)."""

@@ -47,7 +47,6 @@ SANA-Sprint use c_noise = t for this reason); tangent normalisation and warm-up 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +55,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from engines.denoisers import unwrap, velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer import distill
-from trainer.config import ConfigError, TrainConfig, build
-from trainer.image_task import render_batch, world_batch_cpu
-from trainer.methods.lcm import guided_velocity
+from trainer.config import ConfigError, TrainConfig
+from trainer.image_task import render_batch
+from trainer.methods.base import DistillationMethod
 
 _CACHE = "_scm_weighting"  # batch key: the student phase's (t, error) for the weighting phase
 
@@ -146,22 +145,16 @@ class AdaptiveWeight(torch.nn.Module):
         return self.net(features).squeeze(1)
 
 
-class SCM:
+class SCM(DistillationMethod):
     """Roles: `student` (trained, EMA'd, exported), `weighting` (w(t), trained). Frozen: the teacher."""
 
-    role = "student"
+    primary = "student"
     stochastic_sampling = True
+    export_overrides = {"default_guidance": 1.0}  # the teacher's CFG is distilled in
 
     def __init__(self, config: TrainConfig, device: torch.device, text_encoder: TextEncoder) -> None:
-        self.config = config
-        self.args: SCMConfig = build(SCMConfig, config.method_config, prefix="method_config.")
-        self.device = device
-        self.text_encoder = text_encoder
-        self.teacher = distill.load_teacher(config.teacher, device, config.method)
-        self.teacher_id = self.teacher.id
-        self.guidance = self.args.teacher_guidance
-        if self.guidance is None:
-            self.guidance = self.teacher.card.default_guidance or 1.0
+        self._init_distillation(config, device, text_encoder, SCMConfig)
+        self.args: SCMConfig
         from trainer.networks import load_network
 
         self.networks: dict[str, torch.nn.Module] = {"student": load_network(config.init_from or config.teacher)}
@@ -172,19 +165,6 @@ class SCM:
         self.step = 0  # set by phases(): the tangent warm-up is a pure function of the step (exact resume)
         if config.compile:
             self.teacher.network = torch.compile(self.teacher.network)
-
-    @property
-    def resolution(self) -> int:
-        return int(unwrap(self.networks["student"]).config.sample_size)
-
-    def data_source(self):
-        return functools.partial(
-            world_batch_cpu,
-            seed=self.config.seed,
-            batch_size=self.config.batch_size,
-            tokenizer=self.text_encoder.tokenizer,
-            max_tokens=self.text_encoder.max_tokens,
-        )
 
     def phases(self, step: int) -> list[str]:
         self.step = step
@@ -214,7 +194,9 @@ class SCM:
         with torch.no_grad():
             null = self.text_encoder.null(b)
             x_flow, sigma = trig_to_flow(x_t, t)
-            dxt_dt = flow_to_trig_velocity(x_t, t, guided_velocity(self.teacher.network, x_flow, sigma, emb, null, self.guidance))
+            dxt_dt = flow_to_trig_velocity(
+                x_t, t, distill.guided_velocity(self.teacher.network, x_flow, sigma, emb, null, self.guidance)
+            )
             # The bare module: DDP / compile wrappers have no business inside a JVP without a graph.
             F_minus, dF_scaled = trig_tangent(unwrap(student), x_t, t, dxt_dt, emb)
             g = -cos * cos * (F_minus - dxt_dt.float()) - r * (cos * sin * x_t + dF_scaled)
