@@ -23,7 +23,16 @@ from trainer.methods.scm import consistency_x0, flow_to_trig_velocity, trig_tang
 from trainer.networks import build_network, load_network
 
 CONFIG = str(REPO / "configs" / "tiny-cpu.yaml")
-METHOD_ARGS = {"lcm": [], "scm": ["--method_config.tangent_warmup_steps=2"]}  # sCM: r = 0, 0.5, 1 over a 3-step run
+METHOD_ARGS = {
+    "lcm": [],
+    "scm": ["--method_config.tangent_warmup_steps=2"],  # sCM: r = 0, 0.5, 1 over a 3-step run
+    # DMD2 with its GAN head: the critic's bottleneck hook must find the mid block of any UNet layout.
+    "dmd2": [
+        "--method_config.critic_updates=2",
+        "--method_config.gan_generator_weight=0.01",
+        "--method_config.gan_critic_weight=0.01",
+    ],
+}
 
 
 def random_embedding(b: int, dtype=torch.float64) -> TextEmbedding:
@@ -112,7 +121,7 @@ def logged_losses(run_dir) -> list[float]:
     return [v for r in records for k, v in r.items() if k.startswith("loss")]
 
 
-@pytest.mark.parametrize("method", ["lcm", "scm"])
+@pytest.mark.parametrize("method", ["lcm", "scm", "dmd2"])
 def test_distils_the_tiny_teacher_into_a_1_to_4_step_student(method, tiny_image_root, text_encoder, tmp_path):
     teacher_dir = tiny_image_root / "tiny-cpu"
     student_id = f"tiny-{method}"
@@ -124,7 +133,11 @@ def test_distils_the_tiny_teacher_into_a_1_to_4_step_student(method, tiny_image_
 
     # The trained weights left the teacher's (fp32 run checkpoint, so no rounding hides a small step).
     trained = load_file(
-        str(next((tmp_path / "run" / "checkpoints").glob("step-*")) / "student" / "diffusion_pytorch_model.safetensors")
+        str(
+            next((tmp_path / "run" / "checkpoints").glob("step-*"))
+            / ("generator" if method == "dmd2" else "student")
+            / "diffusion_pytorch_model.safetensors"
+        )
     )
     teacher = load_network(teacher_dir).state_dict()
     assert trained.keys() == teacher.keys()
@@ -182,7 +195,7 @@ def sd_layout_teacher(tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("method", ["lcm", "scm"])
+@pytest.mark.parametrize("method", ["lcm", "scm", "dmd2"])
 def test_distils_an_sd_layout_unet_teacher(method, sd_layout_teacher, text_encoder, tmp_path):
     student_id = f"sd-{method}"
     summary = train(
