@@ -68,7 +68,8 @@ def markdown_table(result: dict) -> str:
     categories = list(dict.fromkeys(k for row in rows for k in row.get("quality", {}) if k != "overall"))
     with_fd = any("fd" in row for row in rows)  # suites without a distribution metric keep their table
     head = ["model", "role", "method", "backend", "steps", "NFE", "overall", *categories]
-    head += ["FD"] * with_fd + ["p50 ms", "p90 ms", "img/s (batch)"]
+    with_cost = any(row.get("train_gpu_minutes") is not None for row in rows)
+    head += ["FD"] * with_fd + ["p50 ms", "p90 ms", "img/s (batch)"] + ["train GPU min"] * with_cost
     lines = [
         f"# {result['suite']} benchmark — {result['device']}",
         "",
@@ -92,6 +93,7 @@ def markdown_table(result: dict) -> str:
             f"{row['latency_ms_p50']:.1f}",
             f"{row['latency_ms_p90']:.1f}",
             f"{row['throughput_per_s']:.1f} ({row.get('throughput_batch', '')})",
+            *([f"{row['train_gpu_minutes']}" if row.get("train_gpu_minutes") is not None else ""] * with_cost),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Summary", ""] + [f"- **{k}**: {v}" for k, v in result["summary"].items()]

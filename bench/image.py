@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "throughput_batch": tp_batch,
                 "prompts": len(prompts),
                 "scoring_seconds": round(scored_s, 1),
+                # what the model cost to make (distillation alone for students), from its card
+                "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
+                "teacher": card.teacher,
             }
             rows.append(row)
             print(
