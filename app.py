@@ -26,6 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoints", action="append", default=[], metavar="DIR", help="extra checkpoint directory to scan (repeatable)"
     )
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the studio accepts (default: 8)")
+    parser.add_argument(
+        "--no-train-tab",
+        action="store_true",
+        help="turn the Train tab off entirely (public deployments; also DISTILLERY_TRAIN_TAB=0)",
+    )
+    parser.add_argument(
+        "--data-dir", help="job store, runs and published students (default: $DISTILLERY_DATA_DIR or ~/.distillery)"
+    )
     return parser.parse_args(argv)
 
 
@@ -41,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         checkpoints=args.checkpoints,
         max_batch=args.max_batch,
+        data_dir=args.data_dir,
     )
+    if args.no_train_tab:
+        settings.train_tab = False
     registry = build_registry(settings)
     launch(build_ui(registry, settings), settings)
 

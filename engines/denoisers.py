@@ -95,7 +95,9 @@ def velocity(
     else:  # UNet2DConditionModel: the pooled vector enters through its projection class embedding
         cond = None
         if guidance is not None:
-            scale = torch.as_tensor(guidance, device=x.device, dtype=torch.float32).expand(x.shape[0])
+            # a tensor scale stays a traced tensor (the ONNX export's `guidance` input), not a baked constant
+            scale = guidance if torch.is_tensor(guidance) else torch.as_tensor(guidance)
+            scale = scale.to(x.device, torch.float32).expand(x.shape[0])
             cond = guidance_embedding(scale, int(inner.config.time_cond_proj_dim)).to(dtype)
         out = model(x.to(dtype), t, encoder_hidden_states=states, class_labels=pooled, timestep_cond=cond, return_dict=False)
     return out[0].to(x.dtype)

@@ -49,6 +49,14 @@ class TextEmbedding:
         return TextEmbedding(self.states.to(device, dtype), self.pooled.to(device, dtype), self.mask.to(device))
 
 
+def pool(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token states zeroed at padding, mean-pooled L2-normalised vector): one definition, shared by
+    the torch encoder and the exported ONNX graph (trainer/export.py), so the two cannot differ."""
+    states = states * mask.unsqueeze(-1).to(states.dtype)
+    pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(states.dtype)
+    return states, torch.nn.functional.normalize(pooled, dim=-1)
+
+
 class TextEncoder:
     """Thread-safe, cached prompt encoder. `source` is a model directory or a package name."""
 
@@ -93,11 +101,8 @@ class TextEncoder:
     def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> TextEmbedding:
         """Embed already-tokenized prompts (tokenizing can then happen in data-loader workers)."""
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
-        states = self.model(**tokens).last_hidden_state.float()
         mask = tokens["attention_mask"].bool()
-        states = states * mask.unsqueeze(-1)
-        pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        states, pooled = pool(self.model(**tokens).last_hidden_state.float(), mask)
         return TextEmbedding(states, pooled, mask)
 
     def _encode_uncached(self, prompts: list[str]) -> TextEmbedding:

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,10 @@ CSS = """
 """
 
 
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 @dataclass
 class StudioSettings:
     host: str = "127.0.0.1"
@@ -35,6 +41,11 @@ class StudioSettings:
     queue_size: int = 64  # waiting requests beyond which new ones are turned away
     cache_size: int = 2  # loaded engines kept in memory
     display_px: int = 256  # images are shown upscaled (nearest neighbour) to about this size
+    # Train tab: public deployments turn it off (DISTILLERY_TRAIN_TAB=0 or --no-train-tab); a shared secret
+    # (DISTILLERY_TRAIN_SECRET) puts Gradio auth in front of the studio while it is on.
+    train_tab: bool = field(default_factory=lambda: _env_on("DISTILLERY_TRAIN_TAB"))
+    train_secret: str | None = field(default_factory=lambda: os.environ.get("DISTILLERY_TRAIN_SECRET") or None)
+    data_dir: str | None = None  # job store, runs and published students; None: $DISTILLERY_DATA_DIR or ~/.distillery
 
 
 def build_registry(settings: StudioSettings) -> Registry:
@@ -59,6 +70,11 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
                 compare = compare_tab.build(registry, settings)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(registry)
+            if settings.train_tab:
+                from studio import train_tab
+
+                with gr.Tab("Train", id="train"):
+                    train = train_tab.build(registry, settings)
         # New or removed checkpoints show up in the Image and Compare tabs' pickers too.
         models.refresh_event.then(
             image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private"
@@ -68,6 +84,15 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
             outputs=[compare.teacher, compare.student],
             api_visibility="private",
         )
+        if settings.train_tab:  # a published student appears in the generation tabs' pickers
+            train.published_event.then(
+                image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private"
+            ).then(
+                compare.handlers.refresh_models,
+                inputs=[compare.teacher, compare.student],
+                outputs=[compare.teacher, compare.student],
+                api_visibility="private",
+            )
     demo.queue(max_size=settings.queue_size)
     return demo
 
@@ -75,4 +100,9 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
 def launch(demo: gr.Blocks, settings: StudioSettings, **overrides):
     """Start the server with the studio's settings (and its CSS); `overrides` go to `Blocks.launch`."""
     options = dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS, show_error=True)
+    if settings.train_tab and settings.train_secret:
+        secret = settings.train_secret
+        # Any user name; the secret is the password, compared in constant time.
+        options["auth"] = lambda _user, password: hmac.compare_digest(str(password).encode(), secret.encode())
+        options["auth_message"] = "This studio can start training jobs: enter the shared secret as the password."
     return demo.launch(**{**options, **overrides})

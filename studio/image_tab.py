@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from engines.errors import CheckpointError, InvalidRequest
+from engines.image import BACKENDS
 from engines.requests import MAX_GUIDANCE, ImageRequest, resolve_seed
 from studio.errors import user_errors
 from studio.gpu import gpu
@@ -78,9 +79,9 @@ class ImageHandlers:
         self.generate = user_errors(self._generate)
         self.select_model = user_errors(self._select_model)
 
-        def stream(model_id: str, request: ImageRequest) -> Iterator[Result]:
-            # Only the model id and request cross into the GPU worker; the registry comes from the closure.
-            yield from registry.engine(model_id).stream(request)
+        def stream(model_id: str, backend: str, request: ImageRequest) -> Iterator[Result]:
+            # Only the model id, backend and request cross into the GPU worker; the registry comes from the closure.
+            yield from registry.engine(model_id, backend).stream(request)
 
         self._stream = gpu(stream)
 
@@ -91,14 +92,15 @@ class ImageHandlers:
             raise InvalidRequest(f"batch must be from 1 to {self.settings.max_batch} in this studio, got {request.batch}")
         return request
 
-    def _generate(self, prompt, model_id, seed, steps, guidance, batch):
-        """Yield (preview, gallery, originals, info) once per denoising step; galleries change only at the end."""
+    def _generate(self, prompt, model_id, seed, steps, guidance, batch, backend="torch"):
+        """Yield (preview, gallery, originals, info) once per denoising step; galleries change only at the end.
+        The info line names the backend that produced the images (the engine's own, never the one asked for)."""
         request = self.request(prompt, seed, steps, guidance, batch)
         if not model_id:
             raise CheckpointError("no image model is selected; add a checkpoint directory and press refresh on the Models tab")
         card = self.registry.card(model_id)
         device, px = str(self.registry.device), self.settings.display_px
-        for result in self._stream(model_id, request):
+        for result in self._stream(model_id, backend or "torch", request):
             shown = [upscale(image, px) for image in result.images]
             preview = grid(shown)
             if not result.final:
@@ -167,6 +169,13 @@ def build(registry: Registry, settings: StudioSettings) -> ImageTab:
                     elem_id="guidance",
                 )
             batch = gr.Slider(1, settings.max_batch, step=1, value=1, label="Batch", elem_id="batch")
+            backend = gr.Dropdown(
+                list(BACKENDS),
+                value="torch",
+                label="Backend",
+                info="compiled: CUDA only · onnx: needs `python -m trainer export <checkpoint> --to onnx`",
+                elem_id="backend",
+            )
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gr.Examples([[p] for p in EXAMPLES], inputs=[prompt], label="Example prompts")
         with gr.Column(scale=3):
@@ -186,7 +195,7 @@ def build(registry: Registry, settings: StudioSettings) -> ImageTab:
                     label="Originals", format="png", columns=8, elem_id="originals", elem_classes=["pixelated"]
                 )
 
-    inputs = [prompt, model, seed, steps, guidance, batch]
+    inputs = [prompt, model, seed, steps, guidance, batch, backend]
     outputs = [preview, gallery, originals, info]
     run = dict(
         fn=handlers.generate, inputs=inputs, outputs=outputs, concurrency_limit=settings.gpu_concurrency, concurrency_id="gpu"

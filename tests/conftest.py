@@ -25,3 +25,18 @@ def studio_registry(tiny_image_root):
     from engines.registry import Registry
 
     return Registry([tiny_image_root], device="cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def job_data_dir(tmp_path_factory):
+    """Studios built by tests keep their job store and runs in a temporary directory, never ~/.distillery."""
+    import os
+
+    path = tmp_path_factory.mktemp("distillery-data")
+    previous = os.environ.get("DISTILLERY_DATA_DIR")
+    os.environ["DISTILLERY_DATA_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("DISTILLERY_DATA_DIR", None)
+    else:
+        os.environ["DISTILLERY_DATA_DIR"] = previous

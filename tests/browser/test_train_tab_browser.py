@@ -1,0 +1,99 @@
+"""The Train tab in headless Chromium: start a tiny CPU job, watch its step advance, cancel, resume, publish,
+then generate with the new model in the Image tab. Also writes docs/screenshots/train-tab.png for the README."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser.test_studio_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOT = REPO / "docs" / "screenshots" / "train-tab.png"
+TINY = "\n".join(
+    [
+        "--model_preset=dit-tiny",
+        "--warmup_steps=1",
+        "--log_every=1",
+        "--checkpoint_every=2",
+        "--sample_every=2",
+        "--eval_every=1000",
+        "--eval_prompts=4",
+    ]
+)
+JOB_MS = 150_000  # a trainer process on 2 shared cores: ~10 s to start, ~1 s a step
+
+
+@pytest.fixture(scope="module")
+def page(tiny_image_root, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    from engines.registry import Registry
+    from studio.app import StudioSettings, build_ui, launch
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`.")
+    data_dir = tmp_path_factory.mktemp("train-data")
+    registry = Registry([tiny_image_root], device="cpu")  # its own: publishing adds a root to it
+    settings = StudioSettings(host="127.0.0.1", port=free_port(), device="cpu", data_dir=str(data_dir), train_tab=True)
+    demo = build_ui(registry, settings)
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(20_000)
+        page.goto(f"http://127.0.0.1:{settings.port}/")
+        page.locator("#generate").wait_for()
+        yield page
+        browser.close()
+    demo.close()
+
+
+def pick(page, elem_id: str, option: str | re.Pattern) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def set_value(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_train_cancel_resume_publish_generate(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Train").click()
+    pick(page, "train-method", "flow_matching")
+    page.locator("#train-name textarea, #train-name input").first.fill("browser-student")
+    set_value(page, "train-steps", 8)
+    set_value(page, "train-batch", 4)
+    set_value(page, "train-lr", 0.0003)
+    set_value(page, "train-student-steps", 2)
+    pick(page, "train-device", "cpu")
+    page.locator("#train-extra textarea").fill(TINY)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-status")).to_contain_text("Started job 1")
+    detail = page.locator("#train-detail")
+    expect(detail).to_contain_text(re.compile(r"running · step [1-9]\d* / 8"), timeout=JOB_MS)  # the counter advances
+
+    page.locator("#train-cancel").click()
+    expect(detail).to_contain_text("cancelled", timeout=JOB_MS)
+    page.locator("#train-resume").click()
+    expect(detail).to_contain_text("running", timeout=JOB_MS)
+    expect(detail).to_contain_text("finished · step 8 / 8", timeout=JOB_MS)
+    expect(page.locator("#train-jobs")).to_contain_text("finished")
+    page.locator("#train-sample img").wait_for()
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    page.locator("#train-publish").click()
+    expect(page.locator("#train-status")).to_contain_text("Published browser-student")
+
+    page.get_by_role("tab", name="Image").click()
+    pick(page, "model", re.compile("browser-student"))
+    page.locator("#prompt textarea").fill("a red circle")
+    set_value(page, "seed", 7)
+    page.locator("#generate").click()
+    expect(page.locator("#info")).to_contain_text("seed 7 · steps 2")
