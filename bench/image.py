@@ -238,7 +238,9 @@ def update_cards(registry: Registry, rows: list[dict], source: Path) -> None:
                 "latency_ms_p50": r["latency_ms_p50"],
                 "throughput_per_s": r["throughput_per_s"],
             }
-        raw["metrics"]["source"] = f"bench/results/{source.name}"
+        # every benchmark file the card quotes (keys are '<file stem> @ N steps'), not only the latest
+        stems = sorted({k.split(" @ ")[0] for k in raw["metrics"] if " @ " in k})
+        raw["metrics"]["source"] = ", ".join(f"bench/results/{stem}.json" for stem in stems)
         (card.path / "card.json").write_text(json.dumps(raw, indent=2) + "\n")
         write_model_card(card.path)
         print(f"updated {card.path / 'card.json'}")
