@@ -1,6 +1,6 @@
 """Train tab: start background distillation jobs, watch them live, cancel / resume / delete, publish.
 
-The tab is a view over `studio.jobs`: every action goes through the same Runner the CLI twin uses,
+The tab is a view over `jobs`: every action goes through the same Runner the CLI twin uses,
 and everything shown (table, loss curve, samples, judge score, ETA) is read from the job store and
 the run directories on each timer tick, so a restarted studio shows exactly what is going on.
 """
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import pandas as pd
 
+from jobs.runner import REPO, Runner
+from jobs.store import FINISHED, RUNNING, Job, JobError
 from studio.errors import user_errors
-from studio.jobs.runner import REPO, Runner
-from studio.jobs.store import FINISHED, RUNNING, Job, JobError
 
 if TYPE_CHECKING:
     from engines.registry import Registry

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs_p.add_argument("--json", action="store_true", help="list: print JSON")
     args, unknown = parser.parse_known_args(argv)
     if args.command == "jobs":
-        from studio.jobs.cli import run_jobs  # imported only here: `train` stays free of the studio package
+        from jobs.cli import run_jobs  # imported only here: `train` stays free of the studio package
 
         return run_jobs(args, unknown)
     try:

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from studio.jobs.runner import Runner, read_metrics
-from studio.jobs.store import CANCELLED, FAILED, FINISHED, RUNNING, JobStore
+from jobs.runner import Runner, read_metrics
+from jobs.store import CANCELLED, FAILED, FINISHED, RUNNING, JobStore
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny-cpu.yaml"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from studio.jobs.runner import Runner
-from studio.jobs.store import CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, JobError, JobStore
+from jobs.runner import Runner
+from jobs.store import CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, JobError, JobStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,7 +122,7 @@ def test_an_unwritable_run_dir_is_refused(tmp_path):
 def test_a_nearly_full_disk_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    from studio.jobs import runner as runner_module
+    from jobs import runner as runner_module
 
     runner = Runner.open(tmp_path, gpus=0)
     full = shutil.disk_usage(tmp_path)._replace(free=10 * 2**20)

@@ -3,8 +3,8 @@
 import gradio as gr
 import pytest
 
+from jobs.runner import Runner
 from studio.app import StudioSettings, build_ui
-from studio.jobs.runner import Runner
 from studio.train_tab import NO_TEACHER, TrainHandlers, yaml_number
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from studio.jobs.store import (
+from jobs.store import (
     ACTIVE,
     CANCELLED,
     FAILED,
@@ -40,7 +40,7 @@ from studio.jobs.store import (
     default_data_dir,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TEACHERLESS = ("flow_matching",)  # trains from data alone; every other method distils a teacher
 MIN_FREE_BYTES = 200 * 2**20  # a run writes checkpoints and samples; refuse to start on a nearly full disk
 LOG_NAME = "train.log"

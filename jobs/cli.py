@@ -7,7 +7,7 @@ import json
 import sys
 
 from engines.errors import DistilleryError
-from studio.jobs.runner import Runner
+from jobs.runner import Runner
 
 
 def _job_id(target: str | None) -> int:
