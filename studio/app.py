@@ -75,24 +75,19 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
 
                 with gr.Tab("Train", id="train"):
                     train = train_tab.build(registry, settings)
-        # New or removed checkpoints show up in the Image and Compare tabs' pickers too.
-        models.refresh_event.then(
-            image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private"
-        ).then(
-            compare.handlers.refresh_models,
-            inputs=[compare.teacher, compare.student],
-            outputs=[compare.teacher, compare.student],
-            api_visibility="private",
-        )
-        if settings.train_tab:  # a published student appears in the generation tabs' pickers
-            train.published_event.then(
-                image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private"
-            ).then(
+
+        def refresh_pickers(event) -> None:
+            """After `event`, the Image and Compare tabs' pickers list the registry's models again."""
+            event.then(image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private").then(
                 compare.handlers.refresh_models,
                 inputs=[compare.teacher, compare.student],
                 outputs=[compare.teacher, compare.student],
                 api_visibility="private",
             )
+
+        refresh_pickers(models.refresh_event)  # new or removed checkpoints
+        if settings.train_tab:
+            refresh_pickers(train.published_event)  # a published student
     demo.queue(max_size=settings.queue_size)
     return demo
 

@@ -257,10 +257,10 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                         totals[key] = totals.get(key, 0) + value / config.grad_accum
                 grad_norms[phase] = accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
                 if not torch.isfinite(grad_norms[phase]):
-                    last_good = ckpt.latest_checkpoint(run_dir)
+                    latest = ckpt.latest_checkpoint(run_dir)
                     raise TrainingDiverged(
                         f"the {phase!r} loss or its gradients became NaN/inf at step {step + 1}; weights were not "
-                        f"updated. Last good checkpoint: {last_good or 'none yet'}. Lower lr or grad_clip, or check "
+                        f"updated. Last good checkpoint: {latest or 'none yet'}. Lower lr or grad_clip, or check "
                         "the teacher."
                     )
                 optimizers[phase].step()
