@@ -68,7 +68,7 @@ def test_train_cancel_resume_publish_generate(page):
     page.get_by_role("tab", name="Train").click()
     pick(page, "train-method", "flow_matching")
     page.locator("#train-name textarea, #train-name input").first.fill("browser-student")
-    set_value(page, "train-steps", 8)
+    set_value(page, "train-steps", 100)  # long enough that the cancel below always lands mid-run
     set_value(page, "train-batch", 4)
     set_value(page, "train-lr", 0.0003)
     set_value(page, "train-student-steps", 2)
@@ -77,13 +77,13 @@ def test_train_cancel_resume_publish_generate(page):
     page.locator("#train-start").click()
     expect(page.locator("#train-status")).to_contain_text("Started job 1")
     detail = page.locator("#train-detail")
-    expect(detail).to_contain_text(re.compile(r"running · step [1-9]\d* / 8"), timeout=JOB_MS)  # the counter advances
+    expect(detail).to_contain_text(re.compile(r"running · step [1-9]\d* / 100"), timeout=JOB_MS)  # the counter advances
 
     page.locator("#train-cancel").click()
     expect(detail).to_contain_text("cancelled", timeout=JOB_MS)
     page.locator("#train-resume").click()
     expect(detail).to_contain_text("running", timeout=JOB_MS)
-    expect(detail).to_contain_text("finished · step 8 / 8", timeout=JOB_MS)
+    expect(detail).to_contain_text("finished · step 100 / 100", timeout=JOB_MS)
     expect(page.locator("#train-jobs")).to_contain_text("finished")
     page.locator("#train-sample img").wait_for()
     page.screenshot(path=str(SCREENSHOT), full_page=True)
