@@ -39,6 +39,7 @@ class TrainConfig:
     method: str = "flow_matching"
     method_config: dict[str, Any] = field(default_factory=dict)  # validated by the method's own dataclass
     world: str = "shapes"
+    category_weights: dict[str, float] | None = None  # world categories drawn in proportion; None = uniform
     model_preset: str = "dit-s"
     init_from: str | None = None  # an exported checkpoint directory to start the network from
     teacher: str | None = None  # distillation methods: the frozen teacher's checkpoint directory
@@ -90,6 +91,17 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (min(self.log_every, self.sample_every, self.eval_every, self.checkpoint_every) >= 1, "*_every values must be >= 1"),
         ]
+        if self.category_weights is not None:
+            from trainer.worlds.shapes import CATEGORIES
+
+            unknown = sorted(set(self.category_weights) - set(CATEGORIES))
+            if unknown:
+                raise ConfigError(f"category_weights: unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
+            weights = list(self.category_weights.values())
+            if not all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights):
+                raise ConfigError(f"category_weights values must be numbers, got {self.category_weights}")
+            if any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ConfigError("category_weights must be >= 0 with a positive sum")
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

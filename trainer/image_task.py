@@ -23,12 +23,26 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 def world_batch_cpu(
-    step: int, rank: int, micro: int, *, seed: int, batch_size: int, tokenizer=None, max_tokens: int = 40
+    step: int,
+    rank: int,
+    micro: int,
+    *,
+    seed: int,
+    batch_size: int,
+    tokenizer=None,
+    max_tokens: int = 40,
+    category_weights: dict[str, float] | None = None,
 ) -> dict:
     """The CPU half of a batch, fixed by (seed, rank, step, micro): scene parameters, captions,
-    tokens. Picklable and cheap, so data-loader workers make it while the GPU trains."""
+    tokens. Picklable and cheap, so data-loader workers make it while the GPU trains.
+    `category_weights` over-samples categories (e.g. the relations a teacher has not learned yet);
+    None draws them uniformly."""
     rng = shapes.step_rng(seed, rank, step * 1000 + micro)
-    scenes = [shapes.sample_scene(rng) for _ in range(batch_size)]
+    if category_weights:
+        weights = [category_weights.get(c, 0.0) for c in shapes.CATEGORIES]
+        scenes = [shapes.sample_scene(rng, rng.choices(shapes.CATEGORIES, weights)[0]) for _ in range(batch_size)]
+    else:
+        scenes = [shapes.sample_scene(rng) for _ in range(batch_size)]
     batch = {
         "params": shapes.scene_tensors(scenes),
         "captions": [s.caption for s in scenes],

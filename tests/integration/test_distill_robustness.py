@@ -83,10 +83,10 @@ def test_a_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(dmd2_args, 
 
 
 def test_collapse_guard_stops_and_keeps_the_last_healthy_checkpoint(dmd2_args, text_encoder, monkeypatch):
-    import trainer.loop
+    from trainer.methods.base import ImageMethod
 
     readings = iter([0.30, 0.29, 0.01])  # healthy, healthy, collapsed
-    monkeypatch.setattr(trainer.loop, "sample_diversity", lambda *a, **k: next(readings))
+    monkeypatch.setattr(ImageMethod, "diversity", lambda *a, **k: next(readings))
     args = dmd2_args("collapse", "--eval_every=1", "--eval_prompts=7", "--keep_checkpoints=1")
     with pytest.raises(TrainingCollapsed, match=r"collapsed at step 3: sample diversity fell to 0.0100 from 0.3000") as err:
         train(load_config("configs/tiny-cpu.yaml", args), text_encoder=text_encoder)

@@ -59,3 +59,45 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     c = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0)
     assert lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_matching_trains_at_the_shifted_sigmas(monkeypatch, shift):
+    """The teacher samples with the SD3 shift, so it must train at the same shifted sigmas."""
+    import trainer.methods.flow_matching as fm
+
+    seen = []
+
+    def velocity(model, x, t, e):
+        seen.append(t / 1000)
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(fm, "denoiser_velocity", velocity)
+    encoder = type("Encoder", (), {"encode_tokens": lambda self, tokens: emb(512)})()
+    config = TrainConfig(model_preset="unet-tiny", method_config={"shift": shift, "cfg_dropout": 0.0})
+    method = fm.FlowMatching(config, torch.device("cpu"), encoder)
+    monkeypatch.setattr(fm, "render_batch", lambda batch, resolution, device: torch.zeros(512, 3, 4, 4))
+    generator = torch.Generator().manual_seed(0)
+    method.loss("model", method.networks, {"tokens": None}, generator)
+    u = torch.sigmoid(torch.randn(512, generator=torch.Generator().manual_seed(0)))  # the unshifted draw, for scale
+    expected_mean = fm.shift_sigma(u, shift).mean().item()
+    assert seen[0].mean().item() == pytest.approx(expected_mean, abs=0.05)
+    assert (seen[0].mean().item() > 0.65) == (shift == 3.0)  # logit-normal(0, 1) has mean 0.5; shift 3 moves it to ~0.69
+
+
+def test_category_weights_oversample_and_bad_weights_are_rejected():
+    import collections
+
+    from trainer.config import ConfigError
+    from trainer.image_task import world_batch_cpu
+
+    weights = {"position": 5.0, "colors": 1.0}
+    batch = world_batch_cpu(0, 0, 0, seed=0, batch_size=300, category_weights=weights)
+    counts = collections.Counter(c.category for c in batch["conditions"])
+    assert set(counts) == {"position", "colors"} and counts["position"] > 3 * counts["colors"]
+    with pytest.raises(ConfigError, match="unknown categories"):
+        TrainConfig(category_weights={"posiiton": 1.0})
+    with pytest.raises(ConfigError, match="positive sum"):
+        TrainConfig(category_weights={"position": 0.0})
+    with pytest.raises(ConfigError, match="must be numbers"):
+        TrainConfig(category_weights={"position": "lots"})

@@ -7,7 +7,14 @@ A method is a class built as `Method(config: TrainConfig, device, text_encoder)`
     data_source() -> callable         picklable (step, rank, micro) -> CPU batch (runs in loader workers)
     phases(step) -> list[str]         which networks update this step, in order (each a fresh graph)
     loss(phase, networks, batch, generator) -> (loss, metrics)
+    evaluate(network) -> scores        judged evaluation of the exported network (EMA)
+    eval_settings() -> dict           what evaluate measured with (logged beside the scores)
+    diversity(network) -> float       spread of samples across seeds (students' collapse guard)
+    preview(network) -> PIL image     a sample grid or rendered text, saved under the run's samples/
+    export(network, summary, metrics) -> Path   the shipped checkpoint with its card
+(ImageMethod in trainer/methods/base.py implements these five for every image method.)
 optional:
+    uses_text_encoder: bool           False for methods that tokenise themselves (text LMs)
     lr_scales: dict[str, float]       per-network multiplier of the scheduled lr
     stochastic_sampling: bool         the exported sampler jumps to x0 and re-noises (few-step students)
     teacher_id: str                   written to the card's `teacher`

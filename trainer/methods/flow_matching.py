@@ -68,9 +68,8 @@ class FlowMatching(ImageMethod):
         emb = self.text_encoder.encode_tokens(batch["tokens"])
         keep = torch.rand(b, generator=generator, device=self.device) >= self.args.cfg_dropout
         emb = drop_condition(emb, keep)
-        sigma = torch.sigmoid(
-            self.args.logit_mean + self.args.logit_std * torch.randn(b, generator=generator, device=self.device)
-        )
+        u = self.args.logit_mean + self.args.logit_std * torch.randn(b, generator=generator, device=self.device)
+        sigma = shift_sigma(torch.sigmoid(u), self.args.shift)
         noise = torch.randn(x0.shape, generator=generator, device=self.device)
         s = sigma.view(b, 1, 1, 1)
         x_sigma = (1 - s) * x0 + s * noise
