@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = {"image": "bench.image"}
+SUITES = {"image": "bench.image", "text": "bench.text"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,9 +67,11 @@ def markdown_table(result: dict) -> str:
     rows = result["rows"]
     categories = list(dict.fromkeys(k for row in rows for k in row.get("quality", {}) if k != "overall"))
     with_fd = any("fd" in row for row in rows)  # suites without a distribution metric keep their table
-    head = ["model", "role", "method", "backend", "steps", "NFE", "overall", *categories]
+    with_decoder = any("decoder" in row for row in rows)  # text: one row per decoder, not per step count
+    unit = rows[0].get("throughput_unit", "img/s") if rows else "img/s"
+    head = ["model", "role", "method", "backend", *(["decoder"] * with_decoder), "steps", "NFE", "overall", *categories]
     with_cost = any(row.get("train_gpu_minutes") is not None for row in rows)
-    head += ["FD"] * with_fd + ["p50 ms", "p90 ms", "img/s (batch)"] + ["train GPU min"] * with_cost
+    head += ["FD"] * with_fd + ["p50 ms", "p90 ms", f"{unit} (batch)"] + ["train GPU min"] * with_cost
     lines = [
         f"# {result['suite']} benchmark — {result['device']}",
         "",
@@ -85,6 +87,7 @@ def markdown_table(result: dict) -> str:
             row["role"],
             row.get("method", ""),
             row["backend"],
+            *([row.get("decoder", "")] * with_decoder),
             str(row["steps"]),
             str(row["nfe"]),
             f"{q.get('overall', float('nan')):.3f}",

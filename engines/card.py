@@ -33,6 +33,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     text_encoder: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    decoding: dict[str, Any] = field(default_factory=dict)  # text: the shipped decoder's settings and canvas
 
     def __post_init__(self) -> None:
         where = f" in {self.path / CARD_FILE}" if self.path else ""

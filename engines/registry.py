@@ -22,7 +22,9 @@ from engines.text_encoder import DEFAULT_MAX_TOKENS, TextEncoder
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 ENGINES: dict[str, str] = {
     "image": "engines.image:ImageEngine",
+    "text": "engines.text:TextEngine",
 }
+NO_TEXT_ENCODER = ("text",)  # modalities that tokenise for themselves (no MiniLM)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -47,7 +49,7 @@ class Registry:
         candidates = [p for root in self.roots if root.is_dir() for p in sorted(root.iterdir()) if (p / CARD_FILE).is_file()]
         for directory in candidates + self._extra:
             try:
-                card = load_card(directory)
+                card = load_card(directory) if (directory / CARD_FILE).is_file() else _external_card(directory)
             except CheckpointError as err:
                 problems[str(directory)] = str(err)
                 continue
@@ -68,7 +70,7 @@ class Registry:
                     "machine with network access (huggingface-cli download) and add the local directory instead"
                 )
             raise CheckpointError(f"no checkpoint directory at {path}")
-        card = load_card(path)
+        card = load_card(path) if (path / CARD_FILE).is_file() or not (path / "config.json").is_file() else _external_card(path)
         with self._lock:
             if path not in self._extra:
                 self._extra.append(path)
@@ -117,7 +119,8 @@ class Registry:
                 raise BackendUnavailable(f"no engine for modality {card.modality!r} yet (model {model_id!r})")
             module, attr = ENGINES[card.modality].split(":")
             engine_cls = getattr(importlib.import_module(module), attr)
-            engine = engine_cls.from_card(card, self.device, self.text_encoder(card.text_encoder), backend=backend)
+            encoder = None if card.modality in NO_TEXT_ENCODER else self.text_encoder(card.text_encoder)
+            engine = engine_cls.from_card(card, self.device, encoder, backend=backend)
             self._engines[key] = engine
             while len(self._engines) > self.cache_size:
                 _, old = self._engines.popitem(last=False)
@@ -135,3 +138,10 @@ class Registry:
                 engine.unload()
             self._engines.clear()
         empty_cache(self.device)
+
+
+def _external_card(path: Path) -> ModelCard:
+    """A public checkpoint without a Distillery card: today, masked LMs (transformers) for the text engine."""
+    from engines.text import external_card
+
+    return external_card(path)

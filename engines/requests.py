@@ -78,3 +78,48 @@ class ImageRequest:
         if self.guidance is not None:
             object.__setattr__(self, "guidance", as_float("guidance", self.guidance, 0.0, MAX_GUIDANCE))
         object.__setattr__(self, "batch", as_int("batch", self.batch, 1, MAX_BATCH))
+
+
+MAX_GEN_LENGTH = 1024
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """Masked-diffusion text generation. `threshold` set: confidence-adaptive decoding (commit every
+    token above it, at least one per step); unset: `steps` fixed steps (None = the card's default).
+    Limits that depend on the model (its context, its default block) are checked by the engine."""
+
+    prompt: str
+    gen_length: int | None = None
+    block_length: int | None = None
+    steps: int | None = None
+    threshold: float | None = None
+    remasking: str = "low_confidence"
+    use_cache: bool | None = None  # None: the card's default
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", as_prompt(self.prompt))
+        if self.gen_length is not None:
+            object.__setattr__(self, "gen_length", as_int("generation length", self.gen_length, 1, MAX_GEN_LENGTH))
+        if self.block_length is not None:
+            object.__setattr__(self, "block_length", as_int("block length", self.block_length, 1, MAX_GEN_LENGTH))
+        if self.gen_length is not None and self.block_length is not None and self.gen_length % self.block_length:
+            raise InvalidRequest(
+                f"block length {self.block_length} does not divide the generation length {self.gen_length}: "
+                "pick a block length that splits it into whole blocks (e.g. "
+                + ", ".join(str(d) for d in range(1, self.gen_length + 1) if self.gen_length % d == 0 and d <= 64)
+                + ")"
+            )
+        if self.steps is not None:
+            object.__setattr__(self, "steps", as_int("steps", self.steps, 1, MAX_GEN_LENGTH))
+        if self.threshold is not None:
+            value = self.threshold
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
+                raise InvalidRequest(f"confidence threshold must be in (0, 1], got {value!r} (e.g. 0.9)")
+            object.__setattr__(self, "threshold", float(value))
+        if self.remasking not in REMASKING:
+            raise InvalidRequest(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
+        if self.seed is not None:
+            object.__setattr__(self, "seed", as_int("seed", self.seed, 0, MAX_SEED))

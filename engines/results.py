@@ -22,7 +22,7 @@ class Timings:
 class Result:
     """One state of a generation. `final` is True for the finished output."""
 
-    images: list[Any]  # PIL images (image modality); other modalities add their own fields later
+    images: list[Any]  # PIL images (image modality); empty for text
     seed: int
     step: int
     total_steps: int
@@ -30,3 +30,8 @@ class Result:
     final: bool = False
     model_id: str = ""
     backend: str = "torch"
+    # text: the decoded answer, the canvas as token strings ("[MASK]" where still masked) and the
+    # step at which each answer token was committed (-1: still masked)
+    text: str = ""
+    canvas: tuple[str, ...] = ()
+    committed_step: tuple[int, ...] = ()

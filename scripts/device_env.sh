@@ -3,7 +3,7 @@
 # scripts/prepare_device_carry.sh and name `.device` in the run's carry list.
 set -e
 python3 -m pip install --quiet --no-deps --no-index .device/wheels/*.whl 2>&1 | tail -2
-if [ ! -f .device/minilm/model.safetensors ]; then  # expand the pruned word-embedding table
+if [ -f .device/minilm/model.pruned.safetensors ] && [ ! -f .device/minilm/model.safetensors ]; then  # expand the pruned word-embedding table
 python3 - <<'PY'
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,3 +18,4 @@ fi
 export DISTILLERY_TEXT_ENCODER_DIR="$PWD/.device/minilm"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
+export DISTILLERY_FORTUNES_DIR="$PWD/.device/fortunes"

@@ -38,3 +38,7 @@ save_file(state, str(dst / "model.pruned.safetensors"))
 print(f"kept {len(ids)} of {table.shape[0]} word embeddings")
 PY
 du -sh .device
+# Debian's fortune files (free text for the text world): the GPU machine cannot apt-get.
+mkdir -p .device/fortunes
+find /usr/share/games/fortunes -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' -exec cp {} .device/fortunes/ \;
+du -sh .device/fortunes .device

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from studio import compare_tab, image_tab, models_tab
+from studio import compare_tab, image_tab, models_tab, text_tab
 
 if TYPE_CHECKING:
     from engines.registry import Registry
@@ -66,6 +66,8 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
                 image = image_tab.build(registry, settings)
+            with gr.Tab("Text", id="text"):
+                text = text_tab.build(registry, settings)
             with gr.Tab("Compare", id="compare"):
                 compare = compare_tab.build(registry, settings)
             with gr.Tab("Models", id="models"):
@@ -77,8 +79,10 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
                     train = train_tab.build(registry, settings)
 
         def refresh_pickers(event) -> None:
-            """After `event`, the Image and Compare tabs' pickers list the registry's models again."""
+            """After `event`, the Image, Text and Compare tabs' pickers list the registry's models again."""
             event.then(image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private").then(
+                text.handlers.refresh_models, inputs=text.model, outputs=text.model, api_visibility="private"
+            ).then(
                 compare.handlers.refresh_models,
                 inputs=[compare.teacher, compare.student],
                 outputs=[compare.teacher, compare.student],

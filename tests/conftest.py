@@ -1,5 +1,6 @@
 """Fixtures shared across test folders. Markers (gpu, browser, slow) are registered in pyproject.toml."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,56 @@ def tiny_image_root(tmp_path_factory) -> Path:
     overrides = [f"--run_dir={tmp / 'run'}", f"--export.output_dir={tmp / 'ck' / 'tiny-cpu'}", "--max_steps=4"]
     train(load_config(str(REPO / "configs" / "tiny-cpu.yaml"), [*overrides, "--eval_every=1000", "--sample_every=1000"]))
     return tmp / "ck"
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models run fastest on one thread; two threads fighting other jobs for this box's 2 cores run ~100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """For modules that run tiny models (in handlers or a served studio): one torch thread while they run."""
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_text_root(tmp_path_factory) -> Path:
+    """A directory holding a tiny text teacher, `tiny-text` (48-token canvas, 48 fixed steps), and its CD4LM student,
+    `tiny-text-cd4lm` (confidence threshold 0.5, KV cache), each trained for 3 steps on CPU."""
+    from trainer.config import load_config
+    from trainer.loop import train
+
+    tmp = tmp_path_factory.mktemp("tiny-text")
+    teacher, student = tmp / "ck" / "tiny-text", tmp / "ck" / "tiny-text-cd4lm"
+    quick = ["--eval_prompts=4"]  # the export's held-out evaluation decodes every prompt: keep it short
+    with one_thread():
+        train(
+            load_config(
+                str(REPO / "configs" / "tiny-text-cpu.yaml"),
+                [f"--run_dir={tmp / 'teacher'}", f"--export.output_dir={teacher}", *quick],
+            )
+        )
+        overrides = [f"--run_dir={tmp / 'student'}", f"--export.output_dir={student}", f"--teacher={teacher}", *quick]
+        train(load_config(str(REPO / "configs" / "tiny-text-cd4lm-cpu.yaml"), overrides))
+    return tmp / "ck"
+
+
+@pytest.fixture(scope="session")
+def text_registry(tiny_text_root):
+    """A CPU registry over the tiny text teacher and student only."""
+    from engines.registry import Registry
+
+    return Registry([tiny_text_root], device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -114,5 +114,10 @@ def load_weights(checkpoint: Path, name: str, network: torch.nn.Module) -> None:
     for file in files:
         state.update(load_file(str(file)))
     missing, unexpected = network.load_state_dict(state, strict=False)
+    # save_pretrained writes tied weights once (an LM head tied to its embedding): a missing key that
+    # shares storage with a loaded one was loaded through it.
+    current = network.state_dict(keep_vars=True)
+    loaded = {current[k].data_ptr() for k in state if k in current}
+    missing = [k for k in missing if current[k].data_ptr() not in loaded]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {directory} does not fit the network: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -187,7 +187,10 @@ def write_model_card(directory: Path) -> Path:
         if card.get(key) is not None:
             lines.append(f"| {key} | {card[key]} |")
     lines.append(f"| data | `{json.dumps(card.get('data', {}))}` |")
-    lines.append(f"| text encoder | `{json.dumps(card.get('text_encoder', {}))}` |")
+    if card.get("text_encoder"):
+        lines.append(f"| text encoder | `{json.dumps(card['text_encoder'])}` |")
+    if card.get("decoding"):
+        lines.append(f"| decoding | `{json.dumps(card['decoding'])}` |")
     metrics = card.get("metrics") or {}
     if metrics:
         lines += ["", "## Measured metrics", "", f"Source: `{metrics.get('source', 'training-time evaluation')}`.", ""]

@@ -35,6 +35,8 @@ METHODS: dict[str, str] = {
     "scm": "trainer.methods.scm:SCM",
     "reflow": "trainer.methods.reflow:Reflow",
     "guidance": "trainer.methods.guidance:GuidanceDistillation",
+    "mdlm": "trainer.methods.mdlm:MDLM",  # text: masked diffusion LM teacher
+    "cd4lm": "trainer.methods.cd4lm:CD4LM",  # text: consistency-distilled fast decoder
 }
 
 

@@ -26,7 +26,7 @@ import os
 import random
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +36,18 @@ EVAL_BUCKET = 16  # prompts whose crc32 % 16 == 0 are held out for evaluation, n
 FORTUNES_DIR = Path("/usr/share/games/fortunes")  # Debian's `fortunes` package
 FORTUNES_ENV = "DISTILLERY_FORTUNES_DIR"
 MAX_QUOTE_CHARS = 300
-# A freeform continuation is cut at a word boundary within this many characters: fortunes run at about 3.5
-# characters a token, so 110 characters stays well inside the 47 answer tokens the canvas leaves before [EOS].
-FREEFORM_ANSWER_CHARS = 110
+MAX_QUOTE_DIGITS = 4  # every digit is its own token: number-heavy quotes (dates, tables) blow the answer budget
+# Token budgets of the 48 + 48 canvas (trainer/text_tokenizer.py): [BOS] and [SEP] take 2 of the prompt's 48,
+# one [EOS] at least 1 of the answer's 48.
+PROMPT_TOKENS = 46
+ANSWER_TOKENS = 47
+# Without a token counter, texts are kept short by characters: judged prompts within 160 characters stay under
+# 46 tokens, and a freeform continuation is cut at a cost of 95 (characters, plus 2 more for each capital or symbol
+# other than . , ': those split into short BPE pieces); at a 2048 vocabulary that stays under 47 tokens. Pass
+# `count_tokens` to make the freeform cut exact.
+MAX_PROMPT_CHARS = 160
+FREEFORM_ANSWER_COST = 95
+FREEFORM_PROMPT_CHARS = 60
 FREEFORM_PROMPT_WORDS = (3, 8)
 MAX_RESULT = 999
 MAX_OPERAND = 50
@@ -508,7 +517,7 @@ def sample_example(rng: random.Random, family: str | None = None, split: str = "
     family = family or rng.choice(FAMILIES)
     while True:
         prompt, answer, final = _FAMILY_SAMPLERS[family](rng)
-        if is_eval_prompt(prompt) == (split == "eval"):
+        if len(prompt) <= MAX_PROMPT_CHARS and is_eval_prompt(prompt) == (split == "eval"):
             return TextExample(family, prompt, answer, final)
 
 
@@ -580,7 +589,7 @@ def _clean_quote(raw: str) -> str | None:
     if not raw.isascii() or _CONTROL.search(raw.replace("\t", " ")):
         return None  # non-ASCII, or backspace overstrike / escape sequences from old terminals
     text = _SPACES.sub(" ", raw).strip()
-    if not 12 <= len(text) <= MAX_QUOTE_CHARS:
+    if not 12 <= len(text) <= MAX_QUOTE_CHARS or sum(c.isdigit() for c in text) > MAX_QUOTE_DIGITS:
         return None
     letters = sum(c.isalpha() for c in text)
     if letters < 0.7 * len(text.replace(" ", "")) or sum(c in _CODE_CHARS for c in text) > 2:
@@ -626,10 +635,22 @@ def fortunes(directory: Path | str | None = None) -> list[str]:
     return list(quotes)
 
 
-def freeform_example(rng: random.Random, quotes: Sequence[str], split: str = "train") -> TextExample:
+def _freeform_cost(text: str) -> int:
+    return len(text) + 2 * sum(c.isupper() or not (c.isalnum() or c in " .,'") for c in text)
+
+
+def freeform_example(
+    rng: random.Random,
+    quotes: Sequence[str],
+    split: str = "train",
+    count_tokens: Callable[[str], int] | None = None,
+) -> TextExample:
     """A quote's first 3-8 words as the prompt and its continuation (cut at a word boundary) as the answer.
 
-    The split goes by the whole quote (crc32 % 16 == 0 is eval), so an eval quote's continuation is never trained on.
+    The continuation is cut at FREEFORM_ANSWER_COST (see there) and, when `count_tokens` (text -> number of tokens,
+    e.g. `functools.partial(text_tokenizer.count_tokens, tokenizer)`) is given, also at ANSWER_TOKENS tokens; a
+    prompt over PROMPT_TOKENS tokens sends it to another quote. The split goes by the whole quote (crc32 % 16 == 0
+    is eval), so an eval quote's continuation is never trained on.
     """
     _check_split(split)
     if not quotes:
@@ -640,24 +661,36 @@ def freeform_example(rng: random.Random, quotes: Sequence[str], split: str = "tr
         if len(words) < FREEFORM_PROMPT_WORDS[0] + 2 or is_eval_prompt(quote) != (split == "eval"):
             continue
         k = rng.randint(FREEFORM_PROMPT_WORDS[0], min(FREEFORM_PROMPT_WORDS[1], len(words) - 2))
+        prompt = " ".join(words[:k])
+        if len(prompt) > FREEFORM_PROMPT_CHARS or (count_tokens and count_tokens(prompt) > PROMPT_TOKENS):
+            continue
         answer_words: list[str] = []
         for word in words[k:]:
-            if len(" ".join([*answer_words, word])) > FREEFORM_ANSWER_CHARS:
+            if _freeform_cost(" ".join([*answer_words, word])) > FREEFORM_ANSWER_COST:
                 break
             answer_words.append(word)
+        while count_tokens and answer_words and count_tokens(" ".join(answer_words)) > ANSWER_TOKENS:
+            answer_words.pop()
         if answer_words:
-            return TextExample(FREEFORM, " ".join(words[:k]), " ".join(answer_words), "")
+            return TextExample(FREEFORM, prompt, " ".join(answer_words), "")
     raise ValueError(f"no usable quote for split {split!r} among {len(quotes)} quotes (need 5+ words, and some in each split)")
 
 
 def sample_mixture(
-    rng: random.Random, quotes: Sequence[str] | None, freeform_weight: float = 0.2, split: str = "train"
+    rng: random.Random,
+    quotes: Sequence[str] | None,
+    freeform_weight: float = 0.2,
+    split: str = "train",
+    count_tokens: Callable[[str], int] | None = None,
 ) -> TextExample:
-    """A freeform example with probability `freeform_weight` (never when quotes is None), else a judged family."""
+    """A freeform example with probability `freeform_weight` (never when quotes is None), else a judged family.
+
+    `count_tokens` goes to freeform_example (judged prompts and answers always fit the token budgets).
+    """
     if not 0.0 <= freeform_weight <= 1.0:
         raise ValueError(f"freeform_weight must be in [0, 1], got {freeform_weight}")
     if quotes is not None and rng.random() < freeform_weight:
-        return freeform_example(rng, quotes, split)
+        return freeform_example(rng, quotes, split, count_tokens)
     return sample_example(rng, None, split)
 
 
