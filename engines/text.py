@@ -148,7 +148,7 @@ class TextEngine:
             raise InvalidRequest(str(err)) from err
 
     def canvas(self, prompts: list[str], gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from trainer.text_tokenizer import build_canvas
+        from engines.text_canvas import build_canvas
 
         for prompt in prompts:
             n = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -161,7 +161,7 @@ class TextEngine:
 
     def _answer(self, tokens: torch.Tensor) -> tuple[str, tuple[str, ...]]:
         """The decoded answer (up to the first [EOS]) and the canvas as display strings."""
-        from trainer.text_tokenizer import decode_answers
+        from engines.text_canvas import decode_answers
 
         region = tokens[self.max_prompt_tokens :].tolist()
         mask_id = self.tokenizer.mask_token_id
@@ -216,7 +216,7 @@ class TextEngine:
     @torch.no_grad()
     def decode_batch(self, prompts: list[str], config: DecodeConfig, seed: int = 0, batch_size: int = 256) -> BatchDecode:
         """Answers for many prompts (benchmarks, evaluation), in chunks of `batch_size`."""
-        from trainer.text_tokenizer import decode_answers
+        from engines.text_canvas import decode_answers
 
         texts, nfe, committed = [], 0, []
         start = time.perf_counter()

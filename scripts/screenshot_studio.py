@@ -1,4 +1,5 @@
-"""Screenshot of the studio on the shipped checkpoints for the README: docs/screenshots/image-tab.png.
+"""Screenshots of the studio on the shipped checkpoints for the README: docs/screenshots/image-tab.png and
+docs/screenshots/text-tab.png (the text teacher's canvas, tokens coloured by the step that committed them).
 
 Needs Debian's chromium (see README, Development). Runs on the CPU in about half a minute.
 """
@@ -11,6 +12,7 @@ from playwright.sync_api import expect, sync_playwright
 from studio.app import StudioSettings, build_registry, build_ui, launch
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "image-tab.png"
+TEXT_OUT = OUT.with_name("text-tab.png")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -38,5 +40,16 @@ with sync_playwright() as p:
     expect(page.locator("#info")).to_contain_text("per image", timeout=120_000)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUT), full_page=True)
+
+    from trainer.worlds.textworld import eval_examples
+
+    page.get_by_role("tab", name="Text").click()
+    page.locator("#text-model input").first.click()
+    page.get_by_role("option", name="text-teacher").first.click()
+    problem = next(e for e in eval_examples(16) if e.family == "arithmetic")
+    page.locator("#text-prompt textarea").fill(problem.prompt)
+    page.locator("#text-generate").click()
+    expect(page.locator("#text-stats")).to_contain_text("NFE 48", timeout=240_000)
+    page.screenshot(path=str(TEXT_OUT), full_page=True)
     browser.close()
-print(f"wrote {OUT}")
+print(f"wrote {OUT} and {TEXT_OUT}")

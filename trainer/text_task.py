@@ -21,10 +21,10 @@ from PIL import Image, ImageDraw
 from engines.card import ModelCard
 from engines.devices import device_name
 from engines.dllm import MaskedDiffusionLM, MaskedDiffusionLMConfig
-from engines.text_decoding import DecodeConfig, decode
+from engines.text_decoding import DecodeConfig
 from trainer.config import ConfigError
 from trainer.image_task import write_model_card
-from trainer.text_tokenizer import count_tokens, decode_answers, encode_examples, load_tokenizer, train_tokenizer
+from trainer.text_tokenizer import count_tokens, encode_examples, load_tokenizer, train_tokenizer
 from trainer.worlds import textworld
 
 # name -> MaskedDiffusionLMConfig kwargs (vocab and special ids come from the tokenizer)
@@ -130,30 +130,24 @@ class TextEval:
 def decode_prompts(
     network, tokenizer, prompts: list[str], layout: TextLayout, decoding: DecodeConfig, device, batch_size: int = 128
 ) -> tuple[list[str], int]:
-    """Decoded answers (text) for prompts, and the network calls it took (summed over batches)."""
-    from trainer.text_tokenizer import build_canvas
+    """Decoded answers (text) for prompts, and the network calls it took (summed over batches),
+    through the same engine the studio and `bench text` use."""
+    from engines.dllm import KIND_OURS
+    from engines.text import TextEngine
 
+    card = ModelCard(
+        id="in-training",
+        modality="text",
+        role="teacher",
+        method="training",
+        default_steps=decoding.steps or layout.gen_length,
+        resolution=layout.max_prompt_tokens + layout.gen_length,
+        decoding={**asdict(decoding), "max_prompt_tokens": layout.max_prompt_tokens},
+    )
     network.eval()
-    outputs, nfe = [], 0
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        ids, attention = build_canvas(tokenizer, chunk, layout.gen_length, layout.max_prompt_tokens)
-        final = None
-        with torch.no_grad():
-            for state in decode(
-                network,
-                ids.to(device),
-                attention.to(device),
-                layout.max_prompt_tokens,
-                decoding,
-                generator=torch.Generator(device=device).manual_seed(start),
-                mask_token_id=tokenizer.mask_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            ):
-                final = state  # the last state holds the finished canvas and the call count
-        outputs += decode_answers(tokenizer, final.tokens.cpu(), layout.max_prompt_tokens)
-        nfe += final.nfe
-    return outputs, nfe
+    engine = TextEngine(card, network, tokenizer, KIND_OURS, torch.device(device))
+    result = engine.decode_batch(prompts, decoding, batch_size=batch_size)
+    return result.texts, result.nfe
 
 
 def evaluate_text(network, tokenizer, layout: TextLayout, decoding: DecodeConfig, n: int, device) -> TextEval:
