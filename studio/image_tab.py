@@ -14,10 +14,11 @@ import gradio as gr
 
 from engines.errors import CheckpointError, InvalidRequest
 from engines.image import BACKENDS
-from engines.requests import MAX_GUIDANCE, ImageRequest, resolve_seed
+from engines.requests import MAX_GUIDANCE, ImageRequest
 from studio.errors import user_errors
 from studio.gpu import gpu
 from studio.imaging import grid, upscale
+from studio.pickers import random_seed, refreshed_picker
 
 if TYPE_CHECKING:
     from engines.card import ModelCard
@@ -122,15 +123,10 @@ class ImageHandlers:
 
     def refresh_models(self, current: str | None = None):
         """Dropdown choices after a registry refresh; keeps the selection when that model is still there."""
-        choices = model_choices(self.registry)
-        if current not in {model_id for _, model_id in choices}:
-            card = default_model(self.registry)
-            current = card.id if card else None
-        return gr.update(choices=choices, value=current)
+        card = default_model(self.registry)
+        return refreshed_picker(model_choices(self.registry), current, card.id if card else None)
 
-    @staticmethod
-    def random_seed() -> int:
-        return resolve_seed(None)
+    random_seed = staticmethod(random_seed)
 
 
 @dataclass

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from engines.errors import CheckpointError, InvalidRequest
-from engines.requests import REMASKING, TextRequest, resolve_seed
+from engines.requests import REMASKING, TextRequest
 from engines.results import Result
 from studio.errors import user_errors
 from studio.gpu import gpu
+from studio.pickers import random_seed, refreshed_picker
 
 if TYPE_CHECKING:
     from engines.card import ModelCard
@@ -335,15 +336,10 @@ class TextHandlers:
 
     def refresh_models(self, current: str | None = None):
         """Dropdown choices after a registry refresh; keeps the selection when that model is still there."""
-        choices = model_choices(self.registry)
-        if current not in {model_id for _, model_id in choices}:
-            card = default_model(self.registry)
-            current = card.id if card else None
-        return gr.update(choices=choices, value=current)
+        card = default_model(self.registry)
+        return refreshed_picker(model_choices(self.registry), current, card.id if card else None)
 
-    @staticmethod
-    def random_seed() -> int:
-        return resolve_seed(None)
+    random_seed = staticmethod(random_seed)
 
 
 @dataclass

@@ -177,11 +177,15 @@ def test_fixed_steps_stream_the_canvas_then_the_answer(handlers):
 
 
 def test_threshold_decoding_commits_by_confidence(handlers):
-    outputs = run(handlers, model=STUDENT, gen_length=8, block_length=8, mode=THRESHOLD, steps=None, threshold=1.0)
+    outputs = run(handlers, model=TEACHER, gen_length=8, block_length=8, mode=THRESHOLD, steps=None, threshold=1.0)
     *_, stats = outputs[-1]
     assert "**NFE** 8 · **steps** 8" in stats  # nothing beats confidence 1.0: exactly one token per step
-    assert "threshold 1, blocks of 8" in stats and "(student, cd4lm)" in stats
+    assert "threshold 1, blocks of 8" in stats and "(teacher, mdlm)" in stats
     assert "step 1/≤ 8" in outputs[0][2]  # adaptive: the step count is an upper bound while it runs
+    # The student's card ships eos-fill: once it commits [EOS], the rest of the answer costs no calls.
+    *_, stats = run(handlers, model=STUDENT, gen_length=8, block_length=8, mode=THRESHOLD, steps=None, threshold=1.0)[-1]
+    nfe = int(stats.split("**NFE** ")[1].split(" ")[0])
+    assert 1 <= nfe <= 8 and "(student, cd4lm)" in stats
 
 
 def test_a_dropped_kv_cache_is_a_warning_not_an_error(text_registry, monkeypatch):
