@@ -38,6 +38,30 @@ def latency_ms(engine, runs: int = 20) -> float:
     return float(np.median(times))
 
 
+def fp32_reference(engine, steps: int) -> torch.Tensor:
+    """The same samples from a float32 copy of the engine's network: the yardstick for every fp16 path."""
+    from engines import denoisers
+    from engines.image import sample_prompts
+
+    network = denoisers.load_denoiser(Path(engine.card.path), dtype=torch.float32).to(engine.device).eval()
+    with torch.no_grad():
+        return sample_prompts(
+            network,
+            engine.text_encoder,
+            PROMPTS,
+            list(range(len(PROMPTS))),
+            steps,
+            engine.card.default_guidance,
+            engine.device,
+            engine.scheduler,
+        ).float()
+
+
+def within_fp16_noise(candidate: torch.Tensor, eager: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(candidate's error, eager fp16's error), both against the fp32 reference."""
+    return (candidate.float() - reference).abs().max().item(), (eager.float() - reference).abs().max().item()
+
+
 def pixels(result):
     return np.stack([np.asarray(im) for im in result.images]).astype(int)
 
@@ -52,9 +76,11 @@ def test_compiled_matches_eager_on_cuda():
     for steps in (1, 4):
         a = eager.sample_prompts(PROMPTS, seeds, steps=steps)
         b = compiled.sample_prompts(PROMPTS, seeds, steps=steps)
-        error = (a - b).abs().max().item()
-        print(f"compiled vs eager, {steps} step(s): max abs {error:.2e}")
-        assert error < 2e-2  # both fp16: the fp16 export tolerance (atol 1e-2 + rtol 1e-2 * |x| <= 1)
+        error, fp16_error = within_fp16_noise(b, a, fp32_reference(eager, steps))
+        print(f"{steps} step(s) vs fp32: compiled {error:.2e}, eager fp16 {fp16_error:.2e}")
+        # Both run in fp16: compiled may reorder fp16 arithmetic, but must be no less accurate than eager fp16
+        # itself (a sharp one-step student amplifies fp16 rounding far beyond the export's 1e-2 + 1e-2 * |x|).
+        assert error <= 1.5 * fp16_error + 1e-2
     result = compiled.generate(ImageRequest(PROMPTS[1], seed=5, batch=2))
     assert result.backend == "compiled"
     assert np.abs(pixels(result) - pixels(eager.generate(ImageRequest(PROMPTS[1], seed=5, batch=2)))).max() <= 3
@@ -74,7 +100,8 @@ def test_onnx_cuda_matches_eager(tmp_path):
     eager, onnx = registry.engine(MODEL), registry.engine(MODEL, backend="onnx")
     print(f"\nonnxruntime providers: {onnx.denoiser.session.get_providers()} (available: {ort.get_available_providers()})")
     seeds = list(range(len(PROMPTS)))
-    error = (eager.sample_prompts(PROMPTS, seeds, steps=1) - onnx.sample_prompts(PROMPTS, seeds, steps=1)).abs().max().item()
-    print(f"onnx (fp32 graph) vs eager (fp16): max abs {error:.2e}")
-    assert error < 2e-2
+    reference = fp32_reference(eager, 1)
+    error = (onnx.sample_prompts(PROMPTS, seeds, steps=1).float() - reference).abs().max().item()
+    print(f"onnx (fp32 graph) vs eager fp32: max abs {error:.2e}")
+    assert error < 2e-2  # fp32 against fp32: the fp32 export tolerance, with room for TF32 kernels
     print(f"latency batch 1, 1 step: torch {latency_ms(eager):.2f} ms, onnx {latency_ms(onnx):.2f} ms")
