@@ -190,6 +190,7 @@ def summarise(rows: list[dict], match: float) -> dict:
 def plot(rows: list[dict], out: Path, slug: str) -> list[Path]:
     """Accuracy vs NFE and accuracy vs batch-1 latency, one line per (model, decoder family)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -211,6 +212,8 @@ def plot(rows: list[dict], out: Path, slug: str) -> list[Path]:
             style = "-o" if group[0]["role"] == "student" else "--s"
             ax.plot([r[x_key] for r in group], [r["quality"]["overall"] for r in group], style, label=label, markersize=4)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # plain numbers, not 3x10^0
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(x_label)
         ax.set_ylabel("accuracy (held-out problems)")
         ax.grid(alpha=0.3)
