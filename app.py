@@ -34,6 +34,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir", help="job store, runs and published students (default: $DISTILLERY_DATA_DIR or ~/.distillery)"
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="add one checkpoint directory, with or without a Distillery card (e.g. a public masked LM; repeatable)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let public checkpoints that ship their own modelling code (LLaDA, Dream) run it "
+        "(also DISTILLERY_TRUST_REMOTE_CODE=1); only for code you trust",
+    )
     return parser.parse_args(argv)
 
 
@@ -53,7 +66,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.no_train_tab:
         settings.train_tab = False
+    if args.trust_remote_code:
+        os.environ["DISTILLERY_TRUST_REMOTE_CODE"] = "1"
     registry = build_registry(settings)
+    from engines.errors import CheckpointError
+
+    for model in args.model:
+        try:
+            registry.add(model)
+        except CheckpointError as err:
+            raise SystemExit(f"--model {model}: {err}") from None
     launch(build_ui(registry, settings), settings)
 
 

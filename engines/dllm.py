@@ -374,7 +374,8 @@ def load_text_model(
     if config.get("auto_map") and not trust_remote_code and config.get("model_type") != MODEL_TYPE:
         raise CheckpointError(
             f"{where} ships its own modelling code (config.json auto_map: {sorted(config['auto_map'])}); "
-            "load it with trust_remote_code=True only if you trust that code"
+            "load it with trust_remote_code=True only if you trust that code (studio: `python app.py --trust-remote-code` "
+            "or DISTILLERY_TRUST_REMOTE_CODE=1)"
         )
     options = {"local_files_only": True, "use_safetensors": True, "dtype": dtype, "output_loading_info": True}
     try:

@@ -7,6 +7,7 @@ The canvas is [PAD…][BOS] prompt [SEP] | answer region of `gen_length` tokens,
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -26,6 +27,7 @@ from engines.text_decoding import DecodeConfig, decode
 # What a checkpoint without a Distillery card (a public masked LM) decodes with by default.
 EXTERNAL_DECODING = {"gen_length": 64, "block_length": 32, "steps": 64, "max_prompt_tokens": 64, "use_cache": False}
 MASK_GLYPH = "[MASK]"
+TRUST_REMOTE_CODE_ENV = "DISTILLERY_TRUST_REMOTE_CODE"  # set by `python app.py --trust-remote-code`
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class TextEngine:
                 "and the block-wise KV cache"
             )
         start = time.perf_counter()
-        model, tokenizer, kind = load_text_model(str(card.path), device)
+        # Public checkpoints that ship modelling code (LLaDA, Dream) run it only when the user opted in.
+        trust = card.method == "external" and os.environ.get(TRUST_REMOTE_CODE_ENV, "0") == "1"
+        model, tokenizer, kind = load_text_model(str(card.path), device, trust_remote_code=trust)
         return cls(card, model, tokenizer, kind, device, (time.perf_counter() - start) * 1000)
 
     @property

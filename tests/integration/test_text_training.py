@@ -230,3 +230,87 @@ def test_bench_text_writes_results_summary_and_plots(text_models, tmp_path):
     for name in ("text-cpu.json", "text-cpu.md", "text-cpu-accuracy-vs-nfe.png", "text-cpu-accuracy-vs-latency.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "threshold-0.9+cache" in (tmp_path / "text-cpu.md").read_text()
+
+
+CONFIG_CODE = """
+from transformers import PretrainedConfig
+
+
+class TinyLLaDAConfig(PretrainedConfig):
+    model_type = "tiny_llada"
+
+    def __init__(self, vocab_size=300, hidden_size=32, max_position_embeddings=128, mask_token_id=None, **kwargs):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        self.mask_token_id = mask_token_id
+        super().__init__(**kwargs)
+"""
+MODEL_CODE = '''
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+from .configuration_tiny_llada import TinyLLaDAConfig
+
+
+class TinyLLaDAModel(PreTrainedModel):
+    """LLaDA's layout in miniature: registered under AutoModel only, forward(input_ids) -> .logits."""
+
+    config_class = TinyLLaDAConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.mix = nn.Linear(config.hidden_size, config.hidden_size)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        h = self.embed(input_ids)
+        h = h + torch.tanh(self.mix(h.mean(dim=1, keepdim=True)))  # bidirectional: every token sees the whole canvas
+        return MaskedLMOutput(logits=self.head(h))
+'''
+
+
+def test_a_remote_code_checkpoint_runs_only_when_trusted(tmp_path, monkeypatch):
+    """A tiny LLaDA-style checkpoint that ships its own modelling code (config.json auto_map)."""
+    import importlib.util
+    import sys
+
+    from trainer.text_tokenizer import train_tokenizer
+    from trainer.worlds import textworld
+
+    directory = tmp_path / "tiny-llada"
+    directory.mkdir()
+    (directory / "configuration_tiny_llada.py").write_text(CONFIG_CODE)
+    (directory / "modeling_tiny_llada.py").write_text(MODEL_CODE)
+    (directory / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location(
+        "tiny_llada_pkg", directory / "__init__.py", submodule_search_locations=[str(directory)]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["tiny_llada_pkg"] = package
+    modeling = importlib.import_module("tiny_llada_pkg.modeling_tiny_llada")
+    tokenizer = train_tokenizer(textworld.corpus(500, seed=0), vocab_size=300)
+    config = modeling.TinyLLaDAConfig(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id)
+    config.auto_map = {
+        "AutoConfig": "configuration_tiny_llada.TinyLLaDAConfig",
+        "AutoModel": "modeling_tiny_llada.TinyLLaDAModel",
+    }
+    torch.manual_seed(0)
+    modeling.TinyLLaDAModel(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    (directory / "__init__.py").unlink()
+
+    registry = Registry([tmp_path / "none"], device="cpu")
+    card = registry.add(directory)
+    monkeypatch.delenv("DISTILLERY_TRUST_REMOTE_CODE", raising=False)
+    with pytest.raises(CheckpointError, match="ships its own modelling code.*--trust-remote-code"):
+        registry.engine(card.id)
+    monkeypatch.setenv("DISTILLERY_TRUST_REMOTE_CODE", "1")
+    engine = registry.engine(card.id)
+    assert type(engine.model).__name__ == "TinyLLaDAModel" and not engine.supports_cache
+    result = engine.generate(TextRequest("Is 3 greater than 2?", steps=8, block_length=8, gen_length=16, seed=0))
+    assert result.final and result.timings.nfe == 8 and "[MASK]" not in result.canvas

@@ -184,3 +184,14 @@ def test_app_defaults_follow_the_environment(monkeypatch):
     monkeypatch.setenv("GRADIO_SERVER_PORT", "8080")
     args = app.parse_args(["--checkpoints", "a", "--checkpoints", "b", "--device", "cpu"])
     assert (args.host, args.port, args.checkpoints, args.device) == ("0.0.0.0", 8080, ["a", "b"], "cpu")
+
+
+def test_app_refuses_a_model_path_it_cannot_load_before_serving(tmp_path):
+    import app
+
+    args = app.parse_args(["--model", str(tmp_path / "missing"), "--trust-remote-code"])
+    assert args.model == [str(tmp_path / "missing")] and args.trust_remote_code
+    with pytest.raises(SystemExit, match="--model .*missing: no checkpoint directory"):
+        app.main(["--model", str(tmp_path / "missing"), "--device", "cpu", "--no-train-tab"])
+    with pytest.raises(SystemExit, match="not available offline"):
+        app.main(["--model", "some-org/some-masked-lm", "--device", "cpu", "--no-train-tab"])
