@@ -241,7 +241,10 @@ def update_cards(registry: Registry, rows: list[dict], summary: dict, source: Pa
                 "tokens_per_s_batch1": r["tokens_per_s_batch1"],
                 "throughput_per_s": r["throughput_per_s"],
             }
-        raw["metrics"]["summary"] = summary
-        raw["metrics"]["source"] = f"bench/results/{source.name}"
+        raw["metrics"][f"summary ({key})"] = summary
+        raw["metrics"].pop("summary", None)
+        # every benchmark file the card quotes (keys are '<file stem> @ <decoder>'), not only the latest
+        stems = sorted({k.split(" @ ")[0] for k in raw["metrics"] if " @ " in k})
+        raw["metrics"]["source"] = ", ".join(f"bench/results/{stem}.json" for stem in stems)
         (card.path / "card.json").write_text(json.dumps(raw, indent=2) + "\n")
         print(f"updated {card.path / 'card.json'}")
