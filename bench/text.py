@@ -91,10 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
             tokens_per_s_batch = len(prompts) * config.gen_length / (result.run_ms / 1000)
             nfe = result.nfe / -(-len(prompts) // batch)  # calls per batch: every row of a batch shares them
             # Batch 1: one problem per call, end to end (tokenising, canvas, decoding, detokenising).
-            latency = time_calls(lambda i, c=config, e=engine: e.decode_batch([prompts[i % len(prompts)]], c), device, 2, repeats)
-            nfe_b1 = sum(engine.decode_batch([prompts[i]], config).nfe for i in range(min(repeats, len(prompts)))) / min(
-                repeats, len(prompts)
-            )
+            calls: list[int] = []  # NFE of every batch-1 decode, read from the timed calls themselves
+
+            def one(i: int, c=config, e=engine, calls=calls) -> None:
+                calls.append(e.decode_batch([prompts[i % len(prompts)]], c).nfe)
+
+            latency = time_calls(one, device, 2, repeats)
+            nfe_b1 = sum(calls) / len(calls)
             stats = percentiles(latency)
             row = {
                 "model": name,

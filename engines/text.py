@@ -152,15 +152,14 @@ class TextEngine:
             raise InvalidRequest(str(err)) from err
 
     def canvas(self, prompts: list[str], gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from engines.text_canvas import build_canvas
+        from engines.text_canvas import PromptTooLong, build_canvas
 
-        for prompt in prompts:
-            n = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            if n + 2 > self.max_prompt_tokens:  # + [BOS] and [SEP]
-                raise InvalidRequest(
-                    f"the prompt is {n} tokens long; {self.card.id} reads at most {self.max_prompt_tokens - 2}. Shorten it."
-                )
-        ids, attention = build_canvas(self.tokenizer, prompts, gen_length, self.max_prompt_tokens)
+        try:  # tokenises each prompt once: the canvas builder measures it
+            ids, attention = build_canvas(self.tokenizer, prompts, gen_length, self.max_prompt_tokens)
+        except PromptTooLong as err:
+            raise InvalidRequest(
+                f"the prompt is {err.tokens} tokens long; {self.card.id} reads at most {err.budget}. Shorten it."
+            ) from err
         return ids.to(self.device), attention.to(self.device)
 
     def _answer(self, tokens: torch.Tensor) -> tuple[str, tuple[str, ...]]:

@@ -22,6 +22,17 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 
+class PromptTooLong(ValueError):
+    """A prompt does not fit the canvas's prompt region; carries the numbers so callers can phrase it."""
+
+    def __init__(self, index: int, tokens: int, budget: int, max_prompt_tokens: int) -> None:
+        self.index, self.tokens, self.budget = index, tokens, budget
+        super().__init__(
+            f"prompt {index} is {tokens} tokens but only {budget} fit (max_prompt_tokens {max_prompt_tokens} "
+            "minus [BOS] and [SEP]); shorten the prompt or raise max_prompt_tokens"
+        )
+
+
 @dataclass(frozen=True)
 class CanvasTokens:
     """The ids the canvas uses; bos/sep None when the vocabulary has neither name (they are then left out)."""
@@ -88,10 +99,7 @@ def _prompt_rows(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], gen
     rows = []
     for i, tokens in enumerate(_encode(tokenizer, list(prompts))):
         if len(tokens) > budget:
-            raise ValueError(
-                f"prompt {i} is {len(tokens)} tokens but only {budget} fit (max_prompt_tokens {max_prompt_tokens} "
-                f"minus [BOS] and [SEP]); shorten the prompt or raise max_prompt_tokens"
-            )
+            raise PromptTooLong(i, len(tokens), budget, max_prompt_tokens)
         head = [ids.bos] if ids.bos is not None else []
         tail = [ids.sep] if ids.sep is not None else []
         rows.append(head + tokens + tail)

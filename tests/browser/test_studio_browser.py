@@ -3,33 +3,16 @@
 Uses Debian's Chromium (`apt-get install -y chromium`); Playwright's own browser download is not available here.
 """
 
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.browser.chromium import free_port, open_page
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +29,8 @@ def studio_url(studio_registry):
 
 @pytest.fixture(scope="module")
 def page(studio_url):
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium. Install it with `apt-get install -y chromium`."
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(studio_url)
-        page.locator("#generate").wait_for()
+    with open_page(studio_url) as page:
         yield page
-        browser.close()
 
 
 def natural_sizes(page, selector: str, count: int = 1) -> list[list[int]]:

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.browser.test_studio_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, free_port, set_number
+from tests.browser.chromium import TIMEOUT_MS, free_port, open_page
+from tests.browser.test_studio_browser import set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("torch_one_thread")]
 STEP_DELAY_S = 0.05  # the tiny model decodes a step in ~1 ms: slow the stream so every step reaches the page
@@ -50,21 +51,10 @@ def studio_url(text_registry):
 
 @pytest.fixture(scope="module")
 def page(studio_url):
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium. Install it with `apt-get install -y chromium`."
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(studio_url)
+    with open_page(studio_url, height=1000) as page:
         page.get_by_role("tab", name="Text").click()
         page.locator("#text-generate").wait_for()
         yield page
-        browser.close()
 
 
 def generate(page) -> None:

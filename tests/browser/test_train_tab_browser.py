@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_studio_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.browser.chromium import free_port, open_page
 
 pytestmark = pytest.mark.browser
 
@@ -28,26 +28,16 @@ JOB_MS = 150_000  # a trainer process on 2 shared cores: ~10 s to start, ~1 s a 
 
 @pytest.fixture(scope="module")
 def page(tiny_image_root, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
     from engines.registry import Registry
     from studio.app import StudioSettings, build_ui, launch
 
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`.")
     data_dir = tmp_path_factory.mktemp("train-data")
     registry = Registry([tiny_image_root], device="cpu")  # its own: publishing adds a root to it
     settings = StudioSettings(host="127.0.0.1", port=free_port(), device="cpu", data_dir=str(data_dir), train_tab=True)
     demo = build_ui(registry, settings)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(20_000)
-        page.goto(f"http://127.0.0.1:{settings.port}/")
-        page.locator("#generate").wait_for()
+    with open_page(f"http://127.0.0.1:{settings.port}/", width=1400, height=1000) as page:
         yield page
-        browser.close()
     demo.close()
 
 
