@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = {"image": "bench.image", "text": "bench.text"}
+SUITES = {"image": "bench.image", "text": "bench.text", "video": "bench.video"}
 
 
 def main(argv: list[str] | None = None) -> int:

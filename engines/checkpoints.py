@@ -13,7 +13,12 @@ from engines.card import read_json
 from engines.errors import CheckpointError
 
 # Classes a checkpoint's config may name, by module: lazily imported, never eval'd from the file.
-_DIFFUSERS_MODELS = {"SD3Transformer2DModel", "UNet2DConditionModel"}
+_DIFFUSERS_MODELS = {
+    "SD3Transformer2DModel": "diffusers",
+    "UNet2DConditionModel": "diffusers",
+    "RefinedUNet2DConditionModel": "engines.refined_unet",
+    "VideoDiT": "engines.video_model",
+}
 _SCHEDULERS = {"FlowMatchEulerDiscreteScheduler"}
 
 
@@ -55,7 +60,7 @@ def load_diffusers_model(directory: Path, expected_class: str, dtype: torch.dtyp
             f"{directory}/config.json names model class {class_name!r}; supported: {', '.join(sorted(_DIFFUSERS_MODELS))}"
         )
     check_safetensors(directory)
-    cls = getattr(importlib.import_module("diffusers"), class_name)
+    cls = getattr(importlib.import_module(_DIFFUSERS_MODELS[class_name]), class_name)
     try:
         return cls.from_pretrained(directory, torch_dtype=dtype, use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as err:  # shape mismatches, missing keys: say which checkpoint

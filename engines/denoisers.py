@@ -1,9 +1,10 @@
 """The image denoisers Distillery runs, behind one call: `velocity(model, x, t, text)`.
 
 A checkpoint keeps its network where diffusers pipelines keep it: `unet/` for a
-`UNet2DConditionModel` (the SD 1.x/2.x layout), `transformer/` for an `SD3Transformer2DModel`
-(the SD3 layout). Both predict the flow-matching velocity from the scheduler's timestep
-(1000 * sigma) and the text encoder's token states plus pooled vector.
+`UNet2DConditionModel` (the SD 1.x/2.x layout; also our subclass with a text refiner,
+engines/refined_unet.py), `transformer/` for an `SD3Transformer2DModel` (the SD3 layout).
+Both predict the flow-matching velocity from the scheduler's timestep (1000 * sigma) and the text
+encoder's token states plus pooled vector.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ DENOISER_FOLDERS: dict[str, str] = {"unet": "UNet2DConditionModel", "transformer
 
 
 def denoiser_folder(model) -> str:
-    """The subfolder a network is saved under, from its class."""
-    name = type(model).__name__
+    """The subfolder a network is saved under, from its class (subclasses share their base's folder)."""
+    import diffusers
+
     for folder, class_name in DENOISER_FOLDERS.items():
-        if class_name == name:
+        if isinstance(model, getattr(diffusers, class_name)):
             return folder
+    name = type(model).__name__
     raise CheckpointError(f"{name} is not an image denoiser; supported: {', '.join(DENOISER_FOLDERS.values())}")
 
 

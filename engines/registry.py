@@ -23,6 +23,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 ENGINES: dict[str, str] = {
     "image": "engines.image:ImageEngine",
     "text": "engines.text:TextEngine",
+    "video": "engines.video:VideoEngine",
 }
 NO_TEXT_ENCODER = ("text",)  # modalities that tokenise for themselves (no MiniLM)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -123,3 +123,47 @@ class TextRequest:
             raise InvalidRequest(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
         if self.seed is not None:
             object.__setattr__(self, "seed", as_int("seed", self.seed, 0, MAX_SEED))
+
+
+MAX_VIDEO_FRAMES = 4096  # a finite clip's cap; longer runs use endless mode (frames=0) and Stop
+MAX_STEPS_PER_CHUNK = 16
+VIDEO_ACTIONS = ("none", "up", "down", "left", "right")  # trainer/worlds/motion.ACTIONS, checked equal in tests
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """Streaming text-to-video. `frames` = 0 streams until stopped. `steps` per chunk (None: the
+    card's default); `schedule` instead gives the steps of the first chunks, the last value repeating
+    (Diagonal Distillation: e.g. (4, 2, 1) spends more on the first frames, which set the scene).
+    `actions`: per-frame player actions (shorter than the clip: the last one is held)."""
+
+    prompt: str
+    seed: int | None = None
+    steps: int | None = None
+    frames: int = 16
+    schedule: tuple[int, ...] | None = None
+    actions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", as_prompt(self.prompt))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", as_int("seed", self.seed, 0, MAX_SEED))
+        if self.steps is not None:
+            object.__setattr__(self, "steps", as_int("steps per chunk", self.steps, 1, MAX_STEPS_PER_CHUNK))
+        object.__setattr__(self, "frames", as_int("length in frames (0 = endless)", self.frames, 0, MAX_VIDEO_FRAMES))
+        if self.schedule is not None:
+            if isinstance(self.schedule, (str, bytes)) or not hasattr(self.schedule, "__iter__") or not len(self.schedule):
+                example = "e.g. (4, 2, 1)"
+                raise InvalidRequest(f"schedule must be a non-empty list of steps per chunk, {example}; got {self.schedule!r}")
+            steps = tuple(as_int("schedule steps", s, 1, MAX_STEPS_PER_CHUNK) for s in self.schedule)
+            object.__setattr__(self, "schedule", steps)
+        actions = tuple(self.actions)
+        unknown = sorted({a for a in actions if a not in VIDEO_ACTIONS}, key=str)
+        if unknown:
+            raise InvalidRequest(f"unknown action(s) {', '.join(map(repr, unknown))}; known: {', '.join(VIDEO_ACTIONS)}")
+        object.__setattr__(self, "actions", actions)
+
+    def steps_for_chunk(self, index: int, default: int) -> int:
+        if self.schedule:
+            return self.schedule[min(index, len(self.schedule) - 1)]
+        return self.steps or default

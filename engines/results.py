@@ -35,3 +35,9 @@ class Result:
     text: str = ""
     canvas: tuple[str, ...] = ()
     committed_step: tuple[int, ...] = ()
+    # video: the frame this result shows (0-based), frames the viewer skipped because it lagged,
+    # and, on a finished clip, every frame and the MP4 written
+    frame_index: int = -1
+    dropped: int = 0
+    frames: tuple[Any, ...] = ()
+    video_path: str = ""

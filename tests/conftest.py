@@ -63,6 +63,26 @@ def tiny_text_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_video_root(tmp_path_factory) -> Path:
+    """A directory holding a tiny video teacher, `tiny-video` (16 px, 4-frame clips, chunks of 2), and its
+    Self-Forcing student, `tiny-video-student` (2 steps per chunk), each trained for a few steps on CPU."""
+    from trainer.config import load_config
+    from trainer.loop import train
+
+    tmp = tmp_path_factory.mktemp("tiny-video")
+    teacher, student = tmp / "ck" / "tiny-video", tmp / "ck" / "tiny-video-student"
+    with one_thread():
+        train(
+            load_config(
+                str(REPO / "configs" / "tiny-video-cpu.yaml"), [f"--run_dir={tmp / 'teacher'}", f"--export.output_dir={teacher}"]
+            )
+        )
+        overrides = [f"--run_dir={tmp / 'student'}", f"--export.output_dir={student}", f"--teacher={teacher}"]
+        train(load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), overrides))
+    return tmp / "ck"
+
+
+@pytest.fixture(scope="session")
 def text_registry(tiny_text_root):
     """A CPU registry over the tiny text teacher and student only."""
     from engines.registry import Registry

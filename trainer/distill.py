@@ -82,6 +82,15 @@ def guided_x0(
     return x - sigma.view(-1, *([1] * (x.dim() - 1))) * v
 
 
+def dmd_gradient(x0: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """DMD's KL gradient with respect to the generator's output (Yin et al. 2023, eq. 7), normalised
+    per sample by how far the output is from the teacher's estimate: (fake - real) / mean|x0 - real|.
+    Any shape with the batch first (images, clips)."""
+    dims = tuple(range(1, x0.dim()))
+    scale = (x0 - real).abs().mean(dim=dims, keepdim=True).clamp(min=1e-4)
+    return torch.nan_to_num((fake - real) / scale)
+
+
 def pick(options: list[int] | tuple[int, ...], generator: torch.Generator) -> int:
     """A seeded choice (the step generator lives on the training device)."""
     index = int(torch.randint(len(options), (1,), generator=generator, device=generator.device).item())

@@ -73,6 +73,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 _CLASSES = {"UNet2DConditionModel": UNet2DConditionModel, "SD3Transformer2DModel": SD3Transformer2DModel}
 
 
+def add_text_refiner(network, layers: int, dim: int, heads: int):
+    """The network with a trainable text refiner (engines/refined_unet.py) in front of its
+    cross-attention: a plain UNet is wrapped (same outputs until trained), one that already has a
+    refiner of this shape is returned as it is (continuing a run), anything else is refused."""
+    from engines.refined_unet import RefinedUNet2DConditionModel, with_text_refiner
+
+    if isinstance(network, RefinedUNet2DConditionModel):
+        have = (network.config.text_refiner_layers, network.config.text_refiner_dim, network.config.text_refiner_heads)
+        if have != (layers, dim, heads):
+            raise ConfigError(f"init_from already has a text refiner (layers, dim, heads) = {have}, not {(layers, dim, heads)}")
+        return network
+    if not isinstance(network, UNet2DConditionModel):
+        kind = type(network).__name__
+        raise ConfigError(f"a text refiner goes in front of a UNet2DConditionModel's cross-attention, not {kind}")
+    if layers < 1 or dim < 1 or heads < 1 or dim % heads:
+        got = f"got layers {layers}, dim {dim}, heads {heads}"
+        raise ConfigError(f"a text refiner needs layers, dim, heads >= 1 with dim a multiple of heads; {got}")
+    return with_text_refiner(network, layers, dim, heads)
+
+
 def build_network(preset: str) -> UNet2DConditionModel | SD3Transformer2DModel:
     if preset not in PRESETS:
         raise ConfigError(f"unknown model_preset {preset!r}; known: {', '.join(PRESETS)}")

@@ -37,6 +37,8 @@ METHODS: dict[str, str] = {
     "guidance": "trainer.methods.guidance:GuidanceDistillation",
     "mdlm": "trainer.methods.mdlm:MDLM",  # text: masked diffusion LM teacher
     "cd4lm": "trainer.methods.cd4lm:CD4LM",  # text: consistency-distilled fast decoder
+    "video_fm": "trainer.methods.video_fm:VideoFlowMatching",  # video: bidirectional + causal teacher
+    "self_forcing": "trainer.methods.self_forcing:SelfForcing",  # video: streaming student
 }
 
 

@@ -163,8 +163,7 @@ class DMD2(DistillationMethod):
                 real = distill.guided_x0(self.teacher.network, x_t.detach(), t, emb, null, self.guidance)
                 v_fake, _ = critic(x_t.detach(), t, emb.states, emb.pooled, emb.mask)
                 fake = x_t.detach() - t.view(-1, 1, 1, 1) * v_fake
-                scale = (x0.detach() - real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-4)
-                grad = torch.nan_to_num((fake - real) / scale)
+                grad = distill.dmd_gradient(x0.detach(), real, fake)
                 rewards = self._rewards(x0.detach(), batch["conditions"]) if self.args.reward_beta > 0 else None
             per_sample = 0.5 * ((x0.float() - (x0 - grad).detach().float()) ** 2).mean(dim=(1, 2, 3))
             metrics = {}

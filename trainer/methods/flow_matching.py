@@ -16,7 +16,7 @@ from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer.config import TrainConfig, build
 from trainer.image_task import render_batch
 from trainer.methods.base import ImageMethod
-from trainer.networks import build_network, load_network
+from trainer.networks import add_text_refiner, build_network, load_network
 
 
 @dataclass
@@ -25,6 +25,11 @@ class FlowMatchingConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0  # sigma -> shift*sigma / (1 + (shift-1)*sigma): >1 trains more at high noise (SD3)
+    # > 0: train a text refiner (engines/refined_unet.py) in front of a UNet's cross-attention, so
+    # colours bind to their shapes and relations to their objects; added to init_from if it has none.
+    text_refiner_layers: int = 0
+    text_refiner_dim: int = 192
+    text_refiner_heads: int = 3
 
 
 def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -57,6 +62,9 @@ class FlowMatching(ImageMethod):
         self.device = device
         self.text_encoder = text_encoder
         network = build_network(config.model_preset) if config.init_from is None else load_network(config.init_from)
+        if self.args.text_refiner_layers:
+            a = self.args
+            network = add_text_refiner(network, a.text_refiner_layers, a.text_refiner_dim, a.text_refiner_heads)
         self.networks = {"model": network}
         self.ema_roles = ("model",)
 

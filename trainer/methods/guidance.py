@@ -51,7 +51,9 @@ class GuidanceConfig:
 def with_guidance_input(network, dim: int = GUIDANCE_EMBEDDING_DIM):
     """A copy of a UNet2DConditionModel that also takes the guidance scale (`time_cond_proj_dim`),
     equal to the original at every scale: all weights copied, the new projection zero."""
-    if type(network).__name__ != "UNet2DConditionModel":
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(network, UNet2DConditionModel):
         raise ConfigError(
             f"guidance distillation needs a UNet2DConditionModel teacher (it adds a guidance input through "
             f"time_cond_proj_dim); {type(network).__name__} has no guidance input"
@@ -85,8 +87,10 @@ class GuidanceDistillation(ImageMethod):
         self.text_encoder = text_encoder
         self.teacher = distill.load_teacher(config.teacher, device, config.method)
         self.teacher_id = self.teacher.id
+        from diffusers import UNet2DConditionModel
+
         kind = type(unwrap(self.teacher.network)).__name__
-        if kind != "UNet2DConditionModel":
+        if not isinstance(unwrap(self.teacher.network), UNet2DConditionModel):
             raise ConfigError(
                 f"guidance distillation needs a UNet2DConditionModel teacher; {self.teacher_id!r} is an {kind}, which "
                 "takes no guidance input (distil it with dmd2, or add a guidance embedding to the transformer first)"

@@ -1,0 +1,304 @@
+"""`python -m bench video`: quality, time-to-first-frame, streaming FPS and long-horizon drift of
+every video checkpoint on the same held-out clips and seeds, in one process.
+
+Rows:
+  - teacher (bidirectional) at several steps with CFG: it must denoise the whole 16-frame clip before
+    any frame exists, so its time-to-first-frame is the whole clip's latency;
+  - student (causal, streaming) at 1, 2, 4 steps per chunk (uniform) and Diagonal Distillation's
+    asymmetric schedules (more steps for the first chunks): first-frame latency = the first chunk
+    out of `VideoEngine.stream`, FPS = frames per second of a batch-1 stream after its first chunk.
+Long horizon (students): `--long-clips` clips streamed for 216 frames, judged on frames 0-16 and
+200-216 (drift, in points) with per-window flicker; first chunk vs later frames judged apart
+(warm-up artefacts); two concurrent batch-1 streams give FPS per user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import RESULTS, percentiles, write_result
+from engines.devices import device_name, device_slug, synchronize
+from engines.registry import Registry
+from engines.requests import VideoRequest
+from engines.video import VideoEngine
+from trainer.video_task import sample_for_clips, to_uint8_frames
+from trainer.worlds import motion
+
+CLIP_FRAMES = 16
+LONG_FRAMES = 216
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench video", description=__doc__)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--models", default="", help="comma-separated checkpoint ids (default: every video checkpoint)")
+    parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
+    parser.add_argument("--clips", type=int, default=256, help="held-out 16-frame clips (a quarter of them interactive)")
+    parser.add_argument("--long-clips", type=int, default=32, help="clips streamed for 216 frames (drift)")
+    parser.add_argument("--teacher-steps", default="4,8,25")
+    parser.add_argument("--student-steps", default="1,2,4")
+    parser.add_argument("--schedules", default="4-2-1,2-1", help="asymmetric per-chunk schedules (Diagonal Distillation)")
+    parser.add_argument("--stream-frames", type=int, default=0, help="frames of each timed stream (default 128 GPU, 32 CPU)")
+    parser.add_argument("--repeats", type=int, default=0, help="timed batch-1 runs per row (default 10 GPU, 2 CPU)")
+    parser.add_argument("--batch", type=int, default=0, help="batch for quality runs (default 64 GPU, 16 CPU)")
+    parser.add_argument("--match", type=float, default=0.02, help="'within 2 points' of the teacher")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
+    return parser.parse_args(argv)
+
+
+def _schedules(text: str) -> list[tuple[int, ...]]:
+    return [tuple(int(s) for s in item.split("-")) for item in text.split(",") if item]
+
+
+def _label(steps: int | tuple[int, ...]) -> str:
+    return f"diagonal {'-'.join(map(str, steps))}" if isinstance(steps, tuple) else f"uniform {steps}"
+
+
+def _quality(engine: VideoEngine, clips: list, steps, batch: int) -> tuple[dict[str, float], np.ndarray]:
+    """Judge scores of 16-frame clips and per-frame scores (B, T), same seeds (clip index) for every row."""
+    if engine.streaming:
+        schedule = (lambda i, s=steps: s[min(i, len(s) - 1)]) if isinstance(steps, tuple) else steps
+        video = sample_for_clips(
+            engine.network, engine.text_encoder, clips, CLIP_FRAMES, schedule, 1.0, engine.scheduler, True, batch_size=batch
+        )
+    else:
+        guidance = engine.card.default_guidance or 1.0
+        video = sample_for_clips(
+            engine.network, engine.text_encoder, clips, CLIP_FRAMES, steps, guidance, engine.scheduler, False, batch_size=batch
+        )
+    frames = to_uint8_frames(video, motion.RESOLUTION)
+    return motion.judge_clips(frames, clips), motion.frame_scores(frames, clips)
+
+
+def _nfe(engine: VideoEngine, card, steps) -> int:
+    """Network evaluations for one 16-frame clip: a student's steps per chunk plus one cache commit per
+    chunk; a teacher's steps, doubled by CFG."""
+    if not engine.streaming:
+        return steps * (2 if (card.default_guidance or 1) > 1 else 1)
+    chunks = CLIP_FRAMES // engine.chunk
+    per_chunk = [steps[min(i, len(steps) - 1)] for i in range(chunks)] if isinstance(steps, tuple) else [steps] * chunks
+    return sum(per_chunk) + chunks
+
+
+def _timed_stream(engine: VideoEngine, steps, frames: int, seed: int) -> tuple[float, float, float]:
+    """(first-frame ms, frames/s after the first chunk, whole-clip ms) of one batch-1 stream."""
+    request = VideoRequest(
+        "a red ball bouncing to the right and a blue square sliding up",
+        seed=seed,
+        frames=frames,
+        **({"schedule": steps} if isinstance(steps, tuple) else {"steps": steps}),
+    )
+    synchronize(engine.device)
+    start = time.perf_counter()
+    first, after_first, count = None, None, 0
+    for _frame in engine.stream(request):
+        count += 1
+        if first is None:
+            synchronize(engine.device)
+            first = (time.perf_counter() - start) * 1000
+        if count == engine.chunk + 1 and after_first is None:
+            after_first = time.perf_counter()
+    synchronize(engine.device)
+    end = time.perf_counter()
+    streamed = count - engine.chunk
+    fps = streamed / (end - after_first) if after_first and streamed > 1 else float("nan")
+    return first, fps, (end - start) * 1000
+
+
+def _two_users(engine: VideoEngine, steps: int, frames: int) -> list[float]:
+    """Frames/s of each of two batch-1 streams running at once (two studio users)."""
+    rates: list[float] = [0.0, 0.0]
+
+    def user(i: int) -> None:
+        start = time.perf_counter()
+        n = sum(
+            1 for _ in engine.stream(VideoRequest("a green triangle moving left quickly", seed=i, steps=steps, frames=frames))
+        )
+        rates[i] = n / (time.perf_counter() - start)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return rates
+
+
+def _long_horizon(engine: VideoEngine, clips: list, steps: int, batch: int) -> dict:
+    video = sample_for_clips(
+        engine.network, engine.text_encoder, clips, LONG_FRAMES, steps, 1.0, engine.scheduler, True, batch_size=batch
+    )
+    frames = to_uint8_frames(video, motion.RESOLUTION)
+    early = motion.judge_window(frames, clips, 0, 16)
+    late = motion.judge_window(frames, clips, LONG_FRAMES - 16, LONG_FRAMES)
+    per_frame = motion.frame_scores(frames, clips).mean(0)
+    return {
+        "frames": LONG_FRAMES,
+        "clips": len(clips),
+        "early": early,
+        "late": late,
+        "drift_points": round(100 * (early["overall"] - late["overall"]), 2),
+        "flicker_early": early.get("flicker"),
+        "flicker_late": late.get("flicker"),
+        "frame_score_by_16": [round(float(per_frame[i : i + 16].mean()), 4) for i in range(0, LONG_FRAMES, 16)],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]
+    registry = Registry(roots, device=args.device, cache_size=1)
+    device = registry.device
+    on_gpu = device.type == "cuda"
+    repeats = args.repeats or (10 if on_gpu else 2)
+    batch = args.batch or (64 if on_gpu else 16)
+    stream_frames = args.stream_frames or (128 if on_gpu else 32)
+    names = [m for m in args.models.split(",") if m] or [c.id for c in registry.cards("video")]
+    if not names:
+        raise SystemExit("no video checkpoints found: train one (configs/motion-teacher.yaml) or pass --checkpoints DIR")
+    interactive = args.clips // 4
+    clips = motion.eval_clips(args.clips - interactive, CLIP_FRAMES) + motion.eval_clips(
+        interactive, CLIP_FRAMES, seed=2025, interactive=True
+    )
+    long_clips = motion.eval_clips(args.long_clips, LONG_FRAMES, seed=2026)
+
+    rows, long_horizon, users = [], {}, {}
+    torch.set_grad_enabled(False)
+    for name in names:
+        card = registry.card(name)
+        engine: VideoEngine = registry.engine(name)
+        settings = (
+            [int(s) for s in args.student_steps.split(",")] + _schedules(args.schedules)
+            if engine.streaming
+            else [int(s) for s in args.teacher_steps.split(",")]
+        )
+        for steps in settings:
+            started = time.perf_counter()
+            quality, per_frame = _quality(engine, clips, steps, batch)
+            _timed_stream(engine, steps, min(stream_frames, 2 * engine.chunk), 0)  # warm-up
+            timed = [_timed_stream(engine, steps, stream_frames if engine.streaming else CLIP_FRAMES, i) for i in range(repeats)]
+            first = [t[0] for t in timed]
+            # a teacher hands over all frames at once: its rate is frames per whole-clip latency, not a stream
+            fps = [t[1] for t in timed if np.isfinite(t[1])] if engine.streaming else []
+            chunk = engine.chunk
+            row = {
+                "model": name,
+                "role": card.role,
+                "method": card.method,
+                "backend": engine.backend,
+                "schedule": _label(steps),
+                "steps": "-".join(map(str, steps)) if isinstance(steps, tuple) else steps,
+                "nfe": _nfe(engine, card, steps),
+                "quality": quality,
+                "first_chunk_score": round(float(per_frame[:, :chunk].mean()), 4),
+                "later_frames_score": round(float(per_frame[:, chunk:].mean()), 4),
+                "first_frame_ms": float(np.median(first)),
+                **percentiles(first),
+                "stream_fps": float(np.median(fps)) if fps else None,
+                "throughput_per_s": float(np.median(fps)) if fps else CLIP_FRAMES / (np.median([t[2] for t in timed]) / 1000),
+                "throughput_unit": "frames/s",
+                "throughput_batch": 1,
+                "clips": len(clips),
+                "scoring_seconds": round(time.perf_counter() - started, 1),
+                "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
+                "teacher": card.teacher,
+            }
+            rows.append(row)
+            print(
+                json.dumps(
+                    {k: row[k] for k in ("model", "schedule", "first_frame_ms", "stream_fps")} | {"overall": quality["overall"]}
+                ),
+                flush=True,
+            )
+        if engine.streaming:
+            default = card.default_steps
+            long_horizon[name] = _long_horizon(engine, long_clips, default, batch)
+            users[name] = [round(r, 1) for r in _two_users(engine, default, stream_frames)]
+            print(
+                json.dumps({"model": name, "drift_points": long_horizon[name]["drift_points"], "two_users_fps": users[name]}),
+                flush=True,
+            )
+        registry.unload_all()
+
+    summary = summarise(rows, long_horizon, registry, args.match)
+    slug = device_slug(device)
+    extra = {
+        "notes": f"{len(clips)} held-out 16-frame clips ({interactive} interactive; eval seeds 2024/2025), clip i seeded i; "
+        f"latency = batch-1 `VideoEngine.stream`, {repeats} timed runs of {stream_frames} frames (students) or one clip "
+        f"(teachers); drift on {args.long_clips} clips of {LONG_FRAMES} frames (seed 2026).",
+        "long_horizon": long_horizon,
+        "two_users_fps": users,
+    }
+    json_path, md_path = write_result("video", slug, device_name(device), rows, summary, extra, args.out)
+    print(f"wrote {json_path} and {md_path}")
+    if args.update_cards:
+        update_cards(registry, rows, summary, long_horizon, json_path)
+    return json.loads(json_path.read_text())
+
+
+def summarise(rows: list[dict], long_horizon: dict, registry: Registry, match: float) -> dict:
+    teachers = [r for r in rows if r["role"] == "teacher"]
+    students = [r for r in rows if r["role"] == "student"]
+    summary: dict = {}
+    if teachers:
+        best = max(teachers, key=lambda r: r["steps"])  # the most-step teacher row is the reference
+        summary["teacher_overall"] = best["quality"]["overall"]
+        summary["teacher_ttff_ms"] = best["first_frame_ms"]
+    if students:
+        default_steps = {c.id: c.default_steps for c in registry.cards("video")}
+        shipped = [r for r in students if r["steps"] == default_steps.get(r["model"])] or students
+        s = shipped[0]
+        summary["student_overall"] = s["quality"]["overall"]
+        summary["student_fps"] = s["stream_fps"]
+        summary["first_frame_ms"] = s["first_frame_ms"]
+        if teachers:
+            summary["ttff_speedup_vs_teacher"] = round(summary["teacher_ttff_ms"] / s["first_frame_ms"], 1)
+            summary["student_within_2_points"] = summary["teacher_overall"] - s["quality"]["overall"] <= match
+        if s["model"] in long_horizon:
+            summary["drift_points"] = long_horizon[s["model"]]["drift_points"]
+        uniform = {r["steps"]: r for r in students if r["schedule"].startswith("uniform") and r["model"] == s["model"]}
+        for r in students:
+            if r["schedule"].startswith("diagonal") and r["model"] == s["model"]:
+                last = int(str(r["steps"]).split("-")[-1])
+                if last in uniform:
+                    key = f"diagonal_{r['steps']}_vs_uniform_{last}"
+                    summary[key] = {
+                        "first_chunk_score": [r["first_chunk_score"], uniform[last]["first_chunk_score"]],
+                        "overall": [r["quality"]["overall"], uniform[last]["quality"]["overall"]],
+                        "first_frame_ms": [round(r["first_frame_ms"], 1), round(uniform[last]["first_frame_ms"], 1)],
+                    }
+    return summary
+
+
+def update_cards(registry: Registry, rows: list[dict], summary: dict, long_horizon: dict, source: Path) -> None:
+    from trainer.image_task import write_model_card
+
+    slug = source.stem.split("-", 1)[1]
+    for card in registry.cards("video"):
+        mine = [r for r in rows if r["model"] == card.id]
+        if not mine:
+            continue
+        path = Path(card.path) / "card.json"
+        data = json.loads(path.read_text())
+        metrics = data.setdefault("metrics", {})
+        for r in mine:
+            metrics[f"{source.stem} @ {r['schedule']}"] = {
+                **r["quality"],
+                "first_frame_ms": r["first_frame_ms"],
+                **({"stream_fps": r["stream_fps"]} if r["stream_fps"] else {}),
+            }
+        if card.id in long_horizon:
+            metrics[f"{source.stem} drift"] = {"drift_points": long_horizon[card.id]["drift_points"]}
+        sources = set(filter(None, str(metrics.get("source", "")).split(", "))) - {""}
+        metrics["source"] = ", ".join(sorted(sources | {f"bench/results/{source.name}"}))
+        metrics[f"{slug} summary"] = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_model_card(Path(card.path))

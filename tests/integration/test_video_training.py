@@ -1,0 +1,188 @@
+"""The video path end to end on CPU: a tiny teacher and Self-Forcing student (trained once per session
+by the `tiny_video_root` fixture), their checkpoints, the engine, MP4 output and the benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from engines.card import load_card
+from engines.errors import CheckpointError, InvalidRequest
+from engines.registry import Registry
+from engines.requests import VIDEO_ACTIONS, VideoRequest
+from engines.video import StreamControls, VideoEngine, load_video_network
+from tests.conftest import REPO, one_thread
+from trainer.config import ConfigError, load_config
+from trainer.worlds import motion
+
+
+@pytest.fixture(scope="module")
+def video_registry(tiny_video_root):
+    return Registry([tiny_video_root], device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def test_requests_and_world_agree_on_actions() -> None:
+    assert VIDEO_ACTIONS == motion.ACTIONS
+
+
+def test_exported_checkpoints_carry_their_training(tiny_video_root) -> None:
+    teacher = load_card(tiny_video_root / "tiny-video")
+    student = load_card(tiny_video_root / "tiny-video-student")
+    assert (teacher.modality, teacher.role, teacher.method) == ("video", "teacher", "video_fm")
+    assert (student.modality, student.role, student.method, student.teacher) == ("video", "student", "self_forcing", "tiny-video")
+    assert student.default_guidance == 1.0  # CFG is distilled in
+    assert (tiny_video_root / "tiny-video-student" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    for name in ("identity", "consistency", "overall"):
+        assert name in teacher.metrics["training_eval"]
+    # the student starts from the teacher's weights: same architecture
+    a, b = load_video_network(tiny_video_root / "tiny-video"), load_video_network(tiny_video_root / "tiny-video-student")
+    assert a.config.chunk == b.config.chunk and set(a.state_dict()) == set(b.state_dict())
+
+
+def test_student_streams_frames_and_writes_an_mp4(video_registry, tmp_path) -> None:
+    engine: VideoEngine = video_registry.engine("tiny-video-student")
+    assert engine.streaming
+    results = list(engine.stream(VideoRequest("a red ball bouncing to the right", seed=5, frames=5)))
+    assert [r.frame_index for r in results] == list(range(5))
+    assert [r.final for r in results] == [False] * 4 + [True]
+    assert len(results[-1].frames) == 5 and results[-1].images[0].size == (16, 16)
+    assert results[0].timings.run_ms <= results[-1].timings.run_ms
+    again = engine.generate(VideoRequest("a red ball bouncing to the right", seed=5, frames=5), mp4=tmp_path / "clip.mp4")
+    for a, b in zip(results[-1].frames, again.frames):  # same seed, same frames
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    video = iio.imread(again.video_path)
+    assert video.shape[0] == 5 and video.shape[1:3] == (64, 64)  # 16 px upscaled 4x for viewing
+    other = engine.generate(VideoRequest("a red ball bouncing to the right", seed=6, frames=5))
+    assert not np.array_equal(np.asarray(other.frames[0]), np.asarray(again.frames[0]))
+
+
+def test_endless_stream_follows_steering_and_stops(video_registry) -> None:
+    engine: VideoEngine = video_registry.engine("tiny-video-student")
+    controls = StreamControls()
+    seen = 0
+    for result in engine.stream(VideoRequest("a red ball", frames=0, seed=1), controls):
+        seen += 1
+        assert result.total_steps == 0 and not result.final
+        if seen == 2:
+            controls.steer("a blue square sliding up")
+            controls.hold("left")
+        if seen == 6:
+            controls.stop.set()
+        assert seen < 20, "the stream did not stop"
+    assert seen == 6  # chunks of 2 frames: it stops at the end of the chunk it was in
+    assert "a blue square sliding up" in engine._embeddings  # later chunks were conditioned on the new prompt
+    with pytest.raises(InvalidRequest, match="unknown action"):
+        controls.hold("jump")
+    with pytest.raises(InvalidRequest, match="empty"):
+        controls.steer("   ")
+    assert controls.prompt == "a blue square sliding up"  # a refused change leaves the stream as it was
+
+
+def test_teacher_cannot_stream_endlessly_but_makes_clips(video_registry) -> None:
+    engine: VideoEngine = video_registry.engine("tiny-video")
+    assert not engine.streaming
+    with pytest.raises(InvalidRequest, match="bidirectional"):
+        list(engine.stream(VideoRequest("a red ball", frames=0)))
+    result = engine.generate(VideoRequest("a red ball", frames=4, seed=2, actions=("left", "up")))
+    assert len(result.frames) == 4 and result.video_path.endswith(".mp4")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(frames=-1), "length in frames"),
+        (dict(frames=5000), "length in frames"),
+        (dict(steps=0), "steps per chunk"),
+        (dict(actions=("left", "fly")), "unknown action"),
+        (dict(schedule=()), "schedule"),
+    ],
+)
+def test_bad_video_requests_are_refused_clearly(kwargs, message) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        VideoRequest("a red ball", **kwargs)
+
+
+def test_damaged_video_checkpoint_is_refused(tiny_video_root, tmp_path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_video_root / "tiny-video", broken)
+    weights = broken / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_video_network(broken)
+    with pytest.raises(CheckpointError, match="transformer/"):
+        load_video_network(tmp_path)
+
+
+def test_video_configs_refuse_bad_settings(tiny_video_root, tmp_path) -> None:
+    from trainer.loop import train
+
+    base = [f"--run_dir={tmp_path / 'run'}"]
+    with pytest.raises(ConfigError, match="causal_fraction"):
+        train(load_config(str(REPO / "configs" / "tiny-video-cpu.yaml"), [*base, "--method_config.causal_fraction=2"]))
+    with pytest.raises(ConfigError, match="video model_preset"):
+        train(load_config(str(REPO / "configs" / "tiny-video-cpu.yaml"), [*base, "--model_preset=unet-tiny"]))
+    with pytest.raises(ConfigError, match="set `teacher`"):
+        train(load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), base))
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), [*base, f"--teacher={tmp_path / 'nope'}"]))
+
+
+def test_self_forcing_rollout_is_causal_and_streams_like_the_engine(tiny_video_root) -> None:
+    """The training rollout makes a clip the way the engine streams it: frames of the first chunk do not
+    depend on what later chunks are conditioned on (actions), and gradients reach the student."""
+    from engines.text_encoder import TextEncoder
+    from trainer.methods.self_forcing import SelfForcing
+
+    config = load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), [f"--teacher={tiny_video_root / 'tiny-video'}"])
+    method = SelfForcing(config, torch.device("cpu"), TextEncoder(device="cpu"))
+    emb = method.text_encoder.encode(["a red ball", "a blue square"])
+    actions = torch.zeros(2, method.frames, dtype=torch.long)
+    other = actions.clone()
+    other[:, 2:] = VIDEO_ACTIONS.index("up")
+    net = method.networks["generator"]
+    a = method.rollout(net, emb, actions, torch.Generator().manual_seed(0), grad=True)
+    b = method.rollout(net, emb, other, torch.Generator().manual_seed(0), grad=False)
+    assert a.shape == (2, method.frames, 3, 16, 16)
+    assert torch.allclose(a[:, :2], b[:, :2], atol=1e-5)
+    a.square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_path) -> None:
+    from bench.video import main
+
+    result = main(
+        [
+            "--device=cpu",
+            f"--checkpoints={tiny_video_root}",
+            "--clips=4",
+            "--long-clips=1",
+            "--teacher-steps=2",
+            "--student-steps=1",
+            "--schedules=2-1",
+            "--stream-frames=4",
+            "--repeats=1",
+            f"--out={tmp_path}",
+        ]
+    )
+    for key in ("student_fps", "first_frame_ms", "ttff_speedup_vs_teacher", "drift_points"):
+        assert key in result["summary"], key
+    schedules = {(r["model"], r["schedule"]) for r in result["rows"]}
+    assert ("tiny-video-student", "diagonal 2-1") in schedules and ("tiny-video", "uniform 2") in schedules
+    long = result["long_horizon"]["tiny-video-student"]
+    assert long["frames"] == 216 and len(long["frame_score_by_16"]) == 14
+    assert len(result["two_users_fps"]["tiny-video-student"]) == 2 and min(result["two_users_fps"]["tiny-video-student"]) > 0
+    assert (tmp_path / "video-cpu.md").read_text().count("tiny-video") >= 3
+    json.loads((tmp_path / "video-cpu.json").read_text())

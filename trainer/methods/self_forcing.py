@@ -1,0 +1,174 @@
+"""Self-Forcing: a causal few-step video student trained on its own rollouts (Huang et al. 2025,
+arXiv:2506.08009), with DMD (trainer/methods/dmd2.py) as the distribution-matching objective.
+
+Teacher forcing trains a causal model on clean ground-truth context, then serves it on its own
+imperfect frames, and the gap compounds into drift. Here every training clip is generated the way
+it is served: chunk by chunk from noise, each chunk denoised in a few steps while attending to the
+KV cache of the chunks the student itself made before. Gradients flow only through one randomly
+chosen step of each chunk (earlier steps and the cache run without them), which keeps memory at
+one forward per chunk. The whole rolled-out clip then gets the DMD gradient: at a random noise
+level, the frozen bidirectional teacher with CFG gives the 'real' clean estimate, a critic (a copy
+of the teacher trained by flow matching on the student's rollouts) the 'fake' one.
+
+Step counts per chunk are drawn from `student_steps` each rollout (their trailing grids nest), so one
+checkpoint serves 1, 2 or 4 steps per chunk, and any mix of them across chunks: Diagonal
+Distillation's asymmetric schedule (more steps for the first chunks, fewer later) is an inference
+choice measured by `bench video`, not a separate model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engines.denoisers import unwrap
+from engines.samplers import cfg_velocity, sampler_sigmas
+from engines.text_encoder import TextEmbedding, TextEncoder
+from engines.video_sampling import clip_velocity
+from trainer import distill
+from trainer.config import ConfigError, TrainConfig, build
+from trainer.methods.flow_matching import flow_matching_loss
+from trainer.methods.video_fm import video_network
+from trainer.video_task import VideoMethod, video_scheduler
+
+
+@dataclass
+class SelfForcingConfig:
+    teacher_guidance: float | None = None  # CFG of the real score; None: the teacher card's default
+    critic_updates: int = 5  # critic steps per student step (two time-scale update rule)
+    critic_lr_scale: float = 1.0
+    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # steps per chunk trained
+    sigma_min: float = 0.02
+    sigma_max: float = 0.98
+    frames: int = 16  # frames per rolled-out training clip
+    interactive_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.critic_updates < 1:
+            raise ConfigError("method_config.critic_updates must be >= 1")
+        if not self.student_steps or any(not isinstance(k, int) or k < 1 for k in self.student_steps):
+            raise ConfigError(f"method_config.student_steps must be a list of step counts >= 1, got {self.student_steps!r}")
+        if not 0 < self.sigma_min < self.sigma_max <= 1:
+            raise ConfigError("method_config needs 0 < sigma_min < sigma_max <= 1")
+        if self.frames < 1 or not 0 <= self.interactive_fraction <= 1:
+            raise ConfigError("method_config needs frames >= 1 and 0 <= interactive_fraction <= 1")
+
+
+def load_video_teacher(path: str | None, device: torch.device):
+    """(frozen network, card) of a video teacher, with clear errors for a missing or wrong checkpoint."""
+    from pathlib import Path
+
+    from engines.card import load_card
+    from engines.errors import CheckpointError
+    from engines.video import load_video_network
+
+    if not path:
+        raise ConfigError("method 'self_forcing' distils a teacher: set `teacher` to a video checkpoint directory")
+    if not Path(path).is_dir():
+        raise ConfigError(f"teacher {path!r} does not exist (expected a checkpoint directory with card.json)")
+    try:
+        card = load_card(Path(path))
+        if card.modality != "video":
+            raise ConfigError(f"teacher {card.id!r} is a {card.modality} model; self_forcing needs a video teacher")
+        network = load_video_network(path).to(device).requires_grad_(False).eval()
+    except CheckpointError as err:
+        raise ConfigError(f"teacher {path!r} cannot be loaded: {err}") from err
+    return network, card
+
+
+class SelfForcing(VideoMethod):
+    """Roles: `generator` (the causal student: trained, EMA'd, exported), `critic` (trained).
+    Frozen: the bidirectional teacher."""
+
+    primary = "generator"
+    role = "student"
+    streaming = True
+    stochastic_sampling = True
+    export_overrides = {"default_guidance": 1.0}  # the teacher's CFG is distilled in
+
+    def __init__(self, config: TrainConfig, device: torch.device, text_encoder: TextEncoder) -> None:
+        self.config, self.device, self.text_encoder = config, device, text_encoder
+        self.args: SelfForcingConfig = build(SelfForcingConfig, config.method_config, prefix="method_config.")
+        self.frames, self.interactive_fraction = self.args.frames, self.args.interactive_fraction
+        self.teacher, card = load_video_teacher(config.teacher, device)
+        self.teacher_id = card.id
+        guidance = self.args.teacher_guidance
+        self.guidance = guidance if guidance is not None else (card.default_guidance or 1.0)
+        student_config = config if config.init_from else _with_init(config, config.teacher)
+        from engines.video import load_video_network
+
+        self.networks = {"generator": video_network(student_config), "critic": load_video_network(config.teacher)}
+        self.ema_roles = ("generator",)
+        self.lr_scales = {"critic": self.args.critic_lr_scale}
+        scheduler = video_scheduler(config.export.scheduler_shift, stochastic=True)
+        self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
+
+    def phases(self, step: int) -> list[str]:
+        return ["generator", "critic"] if step % self.args.critic_updates == 0 else ["critic"]
+
+    def rollout(self, generator_net, emb: TextEmbedding, actions: torch.Tensor, rng: torch.Generator, grad: bool):
+        """The student's own clip (B, frames, 3, H, W), made chunk by chunk as it is served: each chunk
+        from fresh noise in k steps (k drawn per rollout), attending to the cache of its earlier chunks.
+        With `grad`, gradients flow through one random step per chunk; the cache is always detached."""
+        model = unwrap(generator_net)
+        chunk, res, channels = int(model.config.chunk), int(model.config.resolution), int(model.config.in_channels)
+        b = emb.states.shape[0]
+        k = distill.pick(self.args.student_steps, rng)
+        grid = self.grids[k].to(self.device)
+        cache = model.new_cache(b)
+        out = []
+        for start in range(0, self.frames, chunk):
+            count = min(chunk, self.frames - start)
+            acts = actions[:, start : start + count]
+            x = torch.randn((b, count, channels, res, res), generator=rng, device=self.device)
+            exit_step = distill.pick(list(range(k)), rng)
+            for i in range(exit_step + 1):
+                sigma = grid[i].expand(b, count)
+                with torch.set_grad_enabled(grad and i == exit_step):
+                    v = model.forward_chunk(x, sigma, emb.states, emb.pooled, acts, cache, start)
+                    x0 = x - grid[i] * v
+                if i < exit_step:
+                    fresh = torch.randn(x.shape, generator=rng, device=self.device)
+                    x = distill.add_noise(x0.detach(), fresh, grid[i + 1].expand(b))
+            with torch.no_grad():
+                model.commit_chunk(x0.detach(), emb.states, emb.pooled, acts, cache, start)
+            out.append(x0)
+        return torch.cat(out, dim=1)
+
+    def _noise_level(self, b: int, rng: torch.Generator) -> torch.Tensor:
+        u = torch.rand(b, generator=rng, device=self.device)
+        return self.args.sigma_min + (self.args.sigma_max - self.args.sigma_min) * u
+
+    def loss(self, phase: str, networks: dict, batch: dict, rng: torch.Generator):
+        emb = self.encode(batch)
+        actions = batch["actions"].to(self.device)
+        b = emb.states.shape[0]
+        critic = clip_velocity(networks["critic"], actions, causal=False)
+        if phase == "generator":
+            clip = self.rollout(networks["generator"], emb, actions, rng, grad=True)
+            t = self._noise_level(b, rng)
+            x_t = distill.add_noise(clip.detach(), torch.randn(clip.shape, generator=rng, device=self.device), t)
+            with torch.no_grad():
+                null = self.text_encoder.null(b)
+                teacher = clip_velocity(self.teacher, actions, causal=False)
+                v_real = cfg_velocity(teacher, x_t, t * 1000, emb, null, self.guidance)[0]
+                real = x_t - t.view(-1, 1, 1, 1, 1) * v_real
+                fake = x_t - t.view(-1, 1, 1, 1, 1) * critic(x_t, t * 1000, emb)
+                grad = distill.dmd_gradient(clip.detach(), real, fake)
+            loss = 0.5 * ((clip.float() - (clip - grad).detach().float()) ** 2).mean()
+            return loss, {"loss/dmd": loss.detach()}
+        # critic: flow matching on the student's (detached) rollouts
+        with torch.no_grad():
+            clip = self.rollout(networks["generator"], emb, actions, rng, grad=False)
+        sigma = torch.sigmoid(torch.randn(b, generator=rng, device=self.device))
+        noise = torch.randn(clip.shape, generator=rng, device=self.device)
+        v = critic(distill.add_noise(clip, noise, sigma), sigma * 1000, emb)
+        loss = flow_matching_loss(v, clip, noise)
+        return loss, {"loss/critic": loss.detach()}
+
+
+def _with_init(config: TrainConfig, path: str | None) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, init_from=path)

