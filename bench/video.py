@@ -38,6 +38,7 @@ LONG_FRAMES = 216
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench video", description=__doc__)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--compiled", action="store_true", help="also time students on the compiled (CUDA graphs) backend")
     parser.add_argument("--models", default="", help="comma-separated checkpoint ids (default: every video checkpoint)")
     parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
     parser.add_argument("--clips", type=int, default=256, help="held-out 16-frame clips (a quarter of them interactive)")
@@ -152,6 +153,43 @@ def _long_horizon(engine: VideoEngine, clips: list, steps: int, batch: int) -> d
     }
 
 
+def _row(engine: VideoEngine, card, steps, clips: list, batch: int, repeats: int, stream_frames: int) -> dict:
+    """One benchmark row: judged quality on the held-out clips, then timed batch-1 streams."""
+    started = time.perf_counter()
+    quality, per_frame = _quality(engine, clips, steps, batch)
+    _timed_stream(engine, steps, min(stream_frames, 2 * engine.chunk), 0)  # warm-up
+    timed = [_timed_stream(engine, steps, stream_frames if engine.streaming else CLIP_FRAMES, i) for i in range(repeats)]
+    first = [t[0] for t in timed]
+    # a teacher hands over all frames at once: its rate is frames per whole-clip latency, not a stream
+    fps = [t[1] for t in timed if np.isfinite(t[1])] if engine.streaming else []
+    chunk = engine.chunk
+    row = {
+        "model": card.id,
+        "role": card.role,
+        "method": card.method,
+        "backend": engine.backend,
+        "schedule": _label(steps),
+        "steps": "-".join(map(str, steps)) if isinstance(steps, tuple) else steps,
+        "nfe": _nfe(engine, card, steps),
+        "quality": quality,
+        "first_chunk_score": round(float(per_frame[:, :chunk].mean()), 4),
+        "later_frames_score": round(float(per_frame[:, chunk:].mean()), 4),
+        "first_frame_ms": float(np.median(first)),
+        **percentiles(first),
+        "stream_fps": float(np.median(fps)) if fps else None,
+        "throughput_per_s": float(np.median(fps)) if fps else CLIP_FRAMES / (np.median([t[2] for t in timed]) / 1000),
+        "throughput_unit": "frames/s",
+        "throughput_batch": 1,
+        "clips": len(clips),
+        "scoring_seconds": round(time.perf_counter() - started, 1),
+        "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
+        "teacher": card.teacher,
+    }
+    summary = {k: row[k] for k in ("model", "backend", "schedule", "first_frame_ms", "stream_fps")}
+    print(json.dumps(summary | {"overall": quality["overall"]}), flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]
@@ -181,43 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             else [int(s) for s in args.teacher_steps.split(",")]
         )
         for steps in settings:
-            started = time.perf_counter()
-            quality, per_frame = _quality(engine, clips, steps, batch)
-            _timed_stream(engine, steps, min(stream_frames, 2 * engine.chunk), 0)  # warm-up
-            timed = [_timed_stream(engine, steps, stream_frames if engine.streaming else CLIP_FRAMES, i) for i in range(repeats)]
-            first = [t[0] for t in timed]
-            # a teacher hands over all frames at once: its rate is frames per whole-clip latency, not a stream
-            fps = [t[1] for t in timed if np.isfinite(t[1])] if engine.streaming else []
-            chunk = engine.chunk
-            row = {
-                "model": name,
-                "role": card.role,
-                "method": card.method,
-                "backend": engine.backend,
-                "schedule": _label(steps),
-                "steps": "-".join(map(str, steps)) if isinstance(steps, tuple) else steps,
-                "nfe": _nfe(engine, card, steps),
-                "quality": quality,
-                "first_chunk_score": round(float(per_frame[:, :chunk].mean()), 4),
-                "later_frames_score": round(float(per_frame[:, chunk:].mean()), 4),
-                "first_frame_ms": float(np.median(first)),
-                **percentiles(first),
-                "stream_fps": float(np.median(fps)) if fps else None,
-                "throughput_per_s": float(np.median(fps)) if fps else CLIP_FRAMES / (np.median([t[2] for t in timed]) / 1000),
-                "throughput_unit": "frames/s",
-                "throughput_batch": 1,
-                "clips": len(clips),
-                "scoring_seconds": round(time.perf_counter() - started, 1),
-                "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
-                "teacher": card.teacher,
-            }
-            rows.append(row)
-            print(
-                json.dumps(
-                    {k: row[k] for k in ("model", "schedule", "first_frame_ms", "stream_fps")} | {"overall": quality["overall"]}
-                ),
-                flush=True,
-            )
+            rows.append(_row(engine, card, steps, clips, batch, repeats, stream_frames))
         if engine.streaming:
             default = card.default_steps
             long_horizon[name] = _long_horizon(engine, long_clips, default, batch)
@@ -227,6 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
         registry.unload_all()
+        if args.compiled and engine.streaming and device.type == "cuda":
+            # the serving configuration: CUDA graphs at batch 1 (quality re-measured through them)
+            compiled = registry.engine(name, "compiled")
+            for steps in sorted({1, card.default_steps}):
+                rows.append(_row(compiled, card, steps, clips, batch, repeats, stream_frames))
+            registry.unload_all()
 
     summary = summarise(rows, long_horizon, registry, args.match)
     slug = device_slug(device)
@@ -255,7 +263,9 @@ def summarise(rows: list[dict], long_horizon: dict, registry: Registry, match: f
     if students:
         default_steps = {c.id: c.default_steps for c in registry.cards("video")}
         shipped = [r for r in students if r["steps"] == default_steps.get(r["model"])] or students
-        s = shipped[0]
+        # the serving configuration: the compiled backend where it was measured
+        s = next((r for r in shipped if r["backend"] == "compiled"), shipped[0])
+        summary["student_backend"] = s["backend"]
         summary["student_overall"] = s["quality"]["overall"]
         summary["student_fps"] = s["stream_fps"]
         summary["first_frame_ms"] = s["first_frame_ms"]
@@ -264,9 +274,10 @@ def summarise(rows: list[dict], long_horizon: dict, registry: Registry, match: f
             summary["student_within_2_points"] = summary["teacher_overall"] - s["quality"]["overall"] <= match
         if s["model"] in long_horizon:
             summary["drift_points"] = long_horizon[s["model"]]["drift_points"]
-        uniform = {r["steps"]: r for r in students if r["schedule"].startswith("uniform") and r["model"] == s["model"]}
-        for r in students:
-            if r["schedule"].startswith("diagonal") and r["model"] == s["model"]:
+        eager = [r for r in students if r["model"] == s["model"] and r["backend"] == "torch"]
+        uniform = {r["steps"]: r for r in eager if r["schedule"].startswith("uniform")}
+        for r in eager:
+            if r["schedule"].startswith("diagonal"):
                 last = int(str(r["steps"]).split("-")[-1])
                 if last in uniform:
                     key = f"diagonal_{r['steps']}_vs_uniform_{last}"

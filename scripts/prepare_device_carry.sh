@@ -25,6 +25,9 @@ from trainer.worlds import shapes
 tokenizer = AutoTokenizer.from_pretrained(str(src))
 rng = random.Random(0)
 captions = [shapes.caption_for(shapes._condition(rng, rng.choice(shapes.CATEGORIES)), rng) for _ in range(100_000)]
+from trainer.worlds import motion  # the motion world's captions (train and eval), for the video models
+captions += [motion.sample_clip(rng, 16, split, rng.random() < 0.3).caption for split in ("train", "eval") for _ in range(15_000)]
+captions += ["a red ball bouncing to the right and a blue square sliding up", "a green triangle moving left quickly"]
 words = [w for table in (shapes.COLORS, shapes.SIZES) for _, synonyms in table.values() for w in synonyms]
 words += [w for singular, plural in shapes.SHAPES.values() for w in singular + plural]
 ids = {i for text in captions + words for i in tokenizer(text)["input_ids"]} | set(tokenizer.all_special_ids)

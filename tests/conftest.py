@@ -91,6 +91,14 @@ def text_registry(tiny_text_root):
 
 
 @pytest.fixture(scope="session")
+def video_registry(tiny_video_root):
+    """A CPU registry over the tiny video teacher and student only."""
+    from engines.registry import Registry
+
+    return Registry([tiny_video_root], device="cpu")
+
+
+@pytest.fixture(scope="session")
 def studio_registry(tiny_image_root):
     """A CPU registry over the tiny checkpoint only (never the shipped checkpoints/)."""
     from engines.registry import Registry

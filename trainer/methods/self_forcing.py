@@ -43,6 +43,9 @@ class SelfForcingConfig:
     sigma_max: float = 0.98
     frames: int = 16  # frames per rolled-out training clip
     interactive_fraction: float = 0.25
+    # KV window during rollouts, in frames: shorter than the clip, so training rollouts evict frames
+    # into the EMA sink as endless streams do (with the served window, 16 frames would never evict)
+    train_window: int = 8
 
     def __post_init__(self) -> None:
         if self.critic_updates < 1:
@@ -53,6 +56,8 @@ class SelfForcingConfig:
             raise ConfigError("method_config needs 0 < sigma_min < sigma_max <= 1")
         if self.frames < 1 or not 0 <= self.interactive_fraction <= 1:
             raise ConfigError("method_config needs frames >= 1 and 0 <= interactive_fraction <= 1")
+        if self.train_window < 1:
+            raise ConfigError("method_config.train_window must be >= 1 frame")
 
 
 def load_video_teacher(path: str | None, device: torch.device):
@@ -116,7 +121,7 @@ class SelfForcing(VideoMethod):
         b = emb.states.shape[0]
         k = distill.pick(self.args.student_steps, rng)
         grid = self.grids[k].to(self.device)
-        cache = model.new_cache(b)
+        cache = model.new_cache(b, window=max(self.args.train_window, chunk))
         out = []
         for start in range(0, self.frames, chunk):
             count = min(chunk, self.frames - start)

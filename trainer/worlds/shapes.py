@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -372,6 +373,9 @@ _SIZE_RADII = np.array([SIZES[s][0] for s in SIZE_NAMES], dtype=np.float32)
 MIN_AREA = 12  # pixels at 64x64; smaller blobs are noise, not objects (a small triangle covers ~60)
 MAX_FIT_ERROR = 0.4  # |alpha - template| summed over the union, normalised; above it no shape fits
 MAX_COLOR_SPREAD = 60.0  # median RGB distance of a blob's core from its palette colour
+FOREGROUND_DISTANCE = 60.0  # RGB distance from BACKGROUND above which a pixel belongs to an object
+# (alpha, origin (row, col), centre x, centre y, radius) -> (shape index, fit error, fitted radius)
+FitShape = Callable[[np.ndarray, tuple[int, int], float, float, float], tuple[int, float, float]]
 
 
 def _fit_shape(alpha: np.ndarray, origin: tuple[int, int], cx: float, cy: float, radius: float) -> tuple[int, float, float]:
@@ -393,12 +397,14 @@ def _fit_shape(alpha: np.ndarray, origin: tuple[int, int], cx: float, cy: float,
     return shape, float(error[shape, best_fit[shape]]), float(rs[shape * fits + best_fit[shape]])
 
 
-def detect(image: np.ndarray) -> list[Detection]:
+def detect(image: np.ndarray, fit_shape: FitShape = _fit_shape) -> list[Detection]:
     """Objects in one (H, W, 3) uint8 image: connected non-background blobs, classified.
 
     Colour is the palette entry nearest the blob's core; shape is the template whose
     anti-aliased coverage best explains the blob's alpha (how far each pixel moved from the
     background towards the blob's colour); size is the nearest of the world's radii.
+    `fit_shape` is the template fit (`_fit_shape`'s signature); the motion world's judge passes a
+    memoised one, since a moving object's blob repeats from frame to frame.
     """
     from scipy import ndimage
 
@@ -407,7 +413,7 @@ def detect(image: np.ndarray) -> list[Detection]:
     scale = image.shape[0] / RESOLUTION
     pixels = image.astype(np.float32)
     offset = pixels - _BG
-    foreground = np.linalg.norm(offset, axis=-1) > 60.0
+    foreground = np.linalg.norm(offset, axis=-1) > FOREGROUND_DISTANCE
     labels, _ = ndimage.label(foreground)
     found: list[Detection] = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -427,7 +433,7 @@ def detect(image: np.ndarray) -> list[Detection]:
         alpha = np.clip(offset[y0:y1, x0:x1] @ direction / max(float(direction @ direction), 1.0), 0.0, 1.0) * own
         h, w = mask.shape
         cy, cx = box[0].start + h / 2, box[1].start + w / 2
-        shape, error, radius = _fit_shape(alpha.astype(np.float32), (y0, x0), cx, cy, (h + w) / 4)
+        shape, error, radius = fit_shape(alpha.astype(np.float32), (y0, x0), cx, cy, (h + w) / 4)
         size = SIZE_NAMES[int(np.argmin(np.abs(_SIZE_RADII - radius / scale)))]
         # A blob is an object only if it is one flat colour of the palette, of a size the world
         # draws, and a template explains it; smeared or noisy blobs are counted but match nothing.

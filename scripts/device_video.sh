@@ -1,0 +1,19 @@
+# The video models on the lent GPU, one call per stage (prepare .device with scripts/prepare_device_carry.sh).
+#   bash scripts/device_video.sh teacher   train configs/motion-teacher.yaml, return it (tar) and its samples
+#   bash scripts/device_video.sh student   Self-Forcing from checkpoints/motion-teacher, then `bench video`
+source scripts/device_env.sh
+export PYTHONPATH=.
+STAGE=${1:?teacher or student}
+shift || true
+if [ "$STAGE" = teacher ]; then
+  python -m trainer train configs/motion-teacher.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
+  cp runs/motion-teacher/samples/latest.png $OUT/teacher-samples.png
+  cp runs/motion-teacher/metrics.jsonl $OUT/teacher-metrics.jsonl
+  tar cf - -C checkpoints motion-teacher | split -b 15000000 - $OUT/motion-teacher.tar.
+else
+  python -m trainer train configs/motion-self-forcing.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
+  cp runs/motion-self-forcing/metrics.jsonl $OUT/student-metrics.jsonl
+  tar cf - -C checkpoints motion-student | split -b 15000000 - $OUT/motion-student.tar.
+  timeout ${BENCH_SECONDS:-200} python -m bench video --compiled --clips 256 --long-clips 32 --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
+  tar cf $OUT/bench.tar -C $OUT bench
+fi
