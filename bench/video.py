@@ -45,6 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--long-clips", type=int, default=32, help="clips streamed for 216 frames (drift)")
     parser.add_argument("--teacher-steps", default="4,8,25")
     parser.add_argument("--student-steps", default="1,2,4")
+    parser.add_argument("--teacher-stream-steps", default="4,8", help="steps per chunk when a causally trained teacher streams")
     parser.add_argument("--schedules", default="4-2-1,2-1", help="asymmetric per-chunk schedules (Diagonal Distillation)")
     parser.add_argument("--stream-frames", type=int, default=0, help="frames of each timed stream (default 128 GPU, 32 CPU)")
     parser.add_argument("--repeats", type=int, default=0, help="timed batch-1 runs per row (default 10 GPU, 2 CPU)")
@@ -63,33 +64,29 @@ def _label(steps: int | tuple[int, ...]) -> str:
     return f"diagonal {'-'.join(map(str, steps))}" if isinstance(steps, tuple) else f"uniform {steps}"
 
 
-def _quality(engine: VideoEngine, clips: list, steps, batch: int) -> tuple[dict[str, float], np.ndarray]:
+def _quality(engine: VideoEngine, clips: list, steps, batch: int, causal: bool) -> tuple[dict[str, float], np.ndarray]:
     """Judge scores of 16-frame clips and per-frame scores (B, T), same seeds (clip index) for every row."""
-    if engine.streaming:
-        schedule = (lambda i, s=steps: s[min(i, len(s) - 1)]) if isinstance(steps, tuple) else steps
-        video = sample_for_clips(
-            engine.network, engine.text_encoder, clips, CLIP_FRAMES, schedule, 1.0, engine.scheduler, True, batch_size=batch
-        )
-    else:
-        guidance = engine.card.default_guidance or 1.0
-        video = sample_for_clips(
-            engine.network, engine.text_encoder, clips, CLIP_FRAMES, steps, guidance, engine.scheduler, False, batch_size=batch
-        )
+    guidance = engine.card.default_guidance or 1.0
+    schedule = (lambda i, s=steps: s[min(i, len(s) - 1)]) if isinstance(steps, tuple) else steps
+    video = sample_for_clips(
+        engine.network, engine.text_encoder, clips, CLIP_FRAMES, schedule, guidance, engine.scheduler, causal, batch_size=batch
+    )
     frames = to_uint8_frames(video, motion.RESOLUTION)
     return motion.judge_clips(frames, clips), motion.frame_scores(frames, clips)
 
 
-def _nfe(engine: VideoEngine, card, steps) -> int:
-    """Network evaluations for one 16-frame clip: a student's steps per chunk plus one cache commit per
-    chunk; a teacher's steps, doubled by CFG."""
-    if not engine.streaming:
-        return steps * (2 if (card.default_guidance or 1) > 1 else 1)
+def _nfe(engine: VideoEngine, card, steps, causal: bool) -> int:
+    """Network evaluations for one 16-frame clip (a CFG step counts 2): whole clips take `steps`;
+    streams take their steps per chunk plus one cache commit per chunk."""
+    cfg = 2 if (card.default_guidance or 1) > 1 else 1
+    if not causal:
+        return steps * cfg
     chunks = CLIP_FRAMES // engine.chunk
     per_chunk = [steps[min(i, len(steps) - 1)] for i in range(chunks)] if isinstance(steps, tuple) else [steps] * chunks
-    return sum(per_chunk) + chunks
+    return (sum(per_chunk) + chunks) * cfg
 
 
-def _timed_stream(engine: VideoEngine, steps, frames: int, seed: int) -> tuple[float, float, float]:
+def _timed_stream(engine: VideoEngine, steps, frames: int, seed: int, causal: bool) -> tuple[float, float, float]:
     """(first-frame ms, frames/s after the first chunk, whole-clip ms) of one batch-1 stream."""
     request = VideoRequest(
         "a red ball bouncing to the right and a blue square sliding up",
@@ -100,12 +97,12 @@ def _timed_stream(engine: VideoEngine, steps, frames: int, seed: int) -> tuple[f
     synchronize(engine.device)
     start = time.perf_counter()
     first, after_first, count = None, None, 0
-    for _frame in engine.stream(request):
+    for _frame in engine.stream(request, causal=causal):
         count += 1
         if first is None:
             synchronize(engine.device)
             first = (time.perf_counter() - start) * 1000
-        if count == engine.chunk + 1 and after_first is None:
+        if count == engine.chunk and after_first is None:  # the first chunk's last frame: later frames come from later chunks
             after_first = time.perf_counter()
     synchronize(engine.device)
     end = time.perf_counter()
@@ -153,24 +150,35 @@ def _long_horizon(engine: VideoEngine, clips: list, steps: int, batch: int) -> d
     }
 
 
-def _row(engine: VideoEngine, card, steps, clips: list, batch: int, repeats: int, stream_frames: int) -> dict:
-    """One benchmark row: judged quality on the held-out clips, then timed batch-1 streams."""
+def _streamer(registry: Registry, names: list[str]) -> str | None:
+    """The model whose long-horizon stream is measured: the first student, else a teacher that streams."""
+    cards = [registry.card(n) for n in names]
+    students = [c.id for c in cards if c.role == "student"]
+    causal = [c.id for c in cards if float((c.data or {}).get("causal_fraction", 0) or 0) > 0]
+    return (students or causal or [None])[0]
+
+
+def _row(engine: VideoEngine, card, steps, clips: list, batch: int, repeats: int, stream_frames: int, causal: bool) -> dict:
+    """One benchmark row: judged quality on the held-out clips, then timed batch-1 runs. `causal`: streamed
+    chunk by chunk (frames arrive as made); else the whole clip at once (the first frame waits for all)."""
     started = time.perf_counter()
-    quality, per_frame = _quality(engine, clips, steps, batch)
-    _timed_stream(engine, steps, min(stream_frames, 2 * engine.chunk), 0)  # warm-up
-    timed = [_timed_stream(engine, steps, stream_frames if engine.streaming else CLIP_FRAMES, i) for i in range(repeats)]
+    quality, per_frame = _quality(engine, clips, steps, batch, causal)
+    length = stream_frames if causal else CLIP_FRAMES
+    _timed_stream(engine, steps, min(length, 2 * engine.chunk), 0, causal)  # warm-up
+    timed = [_timed_stream(engine, steps, length, i, causal) for i in range(repeats)]
     first = [t[0] for t in timed]
-    # a teacher hands over all frames at once: its rate is frames per whole-clip latency, not a stream
-    fps = [t[1] for t in timed if np.isfinite(t[1])] if engine.streaming else []
+    # a whole clip arrives at once: its rate is frames per whole-clip latency, not a stream's
+    fps = [t[1] for t in timed if np.isfinite(t[1])] if causal else []
     chunk = engine.chunk
     row = {
         "model": card.id,
         "role": card.role,
         "method": card.method,
         "backend": engine.backend,
+        "mode": "stream" if causal else "clip",
         "schedule": _label(steps),
         "steps": "-".join(map(str, steps)) if isinstance(steps, tuple) else steps,
-        "nfe": _nfe(engine, card, steps),
+        "nfe": _nfe(engine, card, steps, causal),
         "quality": quality,
         "first_chunk_score": round(float(per_frame[:, :chunk].mean()), 4),
         "later_frames_score": round(float(per_frame[:, chunk:].mean()), 4),
@@ -185,7 +193,7 @@ def _row(engine: VideoEngine, card, steps, clips: list, batch: int, repeats: int
         "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
         "teacher": card.teacher,
     }
-    summary = {k: row[k] for k in ("model", "backend", "schedule", "first_frame_ms", "stream_fps")}
+    summary = {k: row[k] for k in ("model", "backend", "mode", "schedule", "first_frame_ms", "stream_fps")}
     print(json.dumps(summary | {"overall": quality["overall"]}), flush=True)
     return row
 
@@ -210,18 +218,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows, long_horizon, users = [], {}, {}
     torch.set_grad_enabled(False)
+    streamer = _streamer(registry, names)
     for name in names:
         card = registry.card(name)
         engine: VideoEngine = registry.engine(name)
-        settings = (
-            [int(s) for s in args.student_steps.split(",")] + _schedules(args.schedules)
-            if engine.streaming
-            else [int(s) for s in args.teacher_steps.split(",")]
-        )
-        for steps in settings:
-            rows.append(_row(engine, card, steps, clips, batch, repeats, stream_frames))
+        runs: list[tuple[object, bool]] = []
+        if card.role == "teacher":
+            runs += [(int(k), False) for k in args.teacher_steps.split(",")]
         if engine.streaming:
-            default = card.default_steps
+            steps = args.student_steps if card.role == "student" else args.teacher_stream_steps
+            runs += [(int(k), True) for k in steps.split(",")] + [(sched, True) for sched in _schedules(args.schedules)]
+        for steps, causal in runs:
+            rows.append(_row(engine, card, steps, clips, batch, repeats, stream_frames, causal))
+        if name == streamer:
+            default = card.default_steps if card.role == "student" else int(args.teacher_stream_steps.split(",")[-1])
             long_horizon[name] = _long_horizon(engine, long_clips, default, batch)
             users[name] = [round(r, 1) for r in _two_users(engine, default, stream_frames)]
             print(
@@ -233,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
             # the serving configuration: CUDA graphs at batch 1 (quality re-measured through them)
             compiled = registry.engine(name, "compiled")
             for steps in sorted({1, card.default_steps}):
-                rows.append(_row(compiled, card, steps, clips, batch, repeats, stream_frames))
+                rows.append(_row(compiled, card, steps, clips, batch, repeats, stream_frames, True))
             registry.unload_all()
 
     summary = summarise(rows, long_horizon, registry, args.match)
@@ -253,39 +263,43 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def summarise(rows: list[dict], long_horizon: dict, registry: Registry, match: float) -> dict:
-    teachers = [r for r in rows if r["role"] == "teacher"]
-    students = [r for r in rows if r["role"] == "student"]
+    """The issue's summary keys. Reference: the teacher's whole-clip row with the most steps. Streamer: the
+    student's shipped steps (compiled backend where measured), else the streaming teacher's most-step stream."""
+    clip_rows = [r for r in rows if r["role"] == "teacher" and r["mode"] == "clip"]
     summary: dict = {}
-    if teachers:
-        best = max(teachers, key=lambda r: r["steps"])  # the most-step teacher row is the reference
+    if clip_rows:
+        best = max(clip_rows, key=lambda r: r["steps"])
         summary["teacher_overall"] = best["quality"]["overall"]
         summary["teacher_ttff_ms"] = best["first_frame_ms"]
-    if students:
-        default_steps = {c.id: c.default_steps for c in registry.cards("video")}
-        shipped = [r for r in students if r["steps"] == default_steps.get(r["model"])] or students
-        # the serving configuration: the compiled backend where it was measured
-        s = next((r for r in shipped if r["backend"] == "compiled"), shipped[0])
-        summary["student_backend"] = s["backend"]
-        summary["student_overall"] = s["quality"]["overall"]
-        summary["student_fps"] = s["stream_fps"]
-        summary["first_frame_ms"] = s["first_frame_ms"]
-        if teachers:
-            summary["ttff_speedup_vs_teacher"] = round(summary["teacher_ttff_ms"] / s["first_frame_ms"], 1)
-            summary["student_within_2_points"] = summary["teacher_overall"] - s["quality"]["overall"] <= match
-        if s["model"] in long_horizon:
-            summary["drift_points"] = long_horizon[s["model"]]["drift_points"]
-        eager = [r for r in students if r["model"] == s["model"] and r["backend"] == "torch"]
-        uniform = {r["steps"]: r for r in eager if r["schedule"].startswith("uniform")}
-        for r in eager:
-            if r["schedule"].startswith("diagonal"):
-                last = int(str(r["steps"]).split("-")[-1])
-                if last in uniform:
-                    key = f"diagonal_{r['steps']}_vs_uniform_{last}"
-                    summary[key] = {
-                        "first_chunk_score": [r["first_chunk_score"], uniform[last]["first_chunk_score"]],
-                        "overall": [r["quality"]["overall"], uniform[last]["quality"]["overall"]],
-                        "first_frame_ms": [round(r["first_frame_ms"], 1), round(uniform[last]["first_frame_ms"], 1)],
-                    }
+    streams = [r for r in rows if r["mode"] == "stream" and r["model"] in long_horizon]
+    if not streams:
+        return summary
+    default_steps = {c.id: c.default_steps for c in registry.cards("video")}
+    uniform_rows = [r for r in streams if r["schedule"].startswith("uniform")]
+    if streams[0]["role"] == "student":
+        shipped = [r for r in uniform_rows if r["steps"] == default_steps.get(r["model"])] or uniform_rows
+    else:
+        shipped = sorted(uniform_rows, key=lambda r: -int(r["steps"]))
+    s = next((r for r in shipped if r["backend"] == "compiled"), shipped[0])
+    summary["streaming_model"] = f"{s['model']} ({s['role']}, {s['schedule']}, {s['backend']})"
+    summary["student_overall"] = s["quality"]["overall"]
+    summary["student_fps"] = s["stream_fps"]
+    summary["first_frame_ms"] = s["first_frame_ms"]
+    if clip_rows:
+        summary["ttff_speedup_vs_teacher"] = round(summary["teacher_ttff_ms"] / s["first_frame_ms"], 1)
+        summary["student_within_2_points"] = summary["teacher_overall"] - s["quality"]["overall"] <= match
+    summary["drift_points"] = long_horizon[s["model"]]["drift_points"]
+    eager = [r for r in streams if r["model"] == s["model"] and r["backend"] == "torch"]
+    uniform = {int(r["steps"]): r for r in eager if r["schedule"].startswith("uniform")}
+    for r in eager:
+        if r["schedule"].startswith("diagonal"):
+            last = int(str(r["steps"]).split("-")[-1])
+            if last in uniform:
+                summary[f"diagonal_{r['steps']}_vs_uniform_{last}"] = {
+                    "first_chunk_score": [r["first_chunk_score"], uniform[last]["first_chunk_score"]],
+                    "overall": [r["quality"]["overall"], uniform[last]["quality"]["overall"]],
+                    "first_frame_ms": [round(r["first_frame_ms"], 1), round(uniform[last]["first_frame_ms"], 1)],
+                }
     return summary
 
 
@@ -301,7 +315,7 @@ def update_cards(registry: Registry, rows: list[dict], summary: dict, long_horiz
         data = json.loads(path.read_text())
         metrics = data.setdefault("metrics", {})
         for r in mine:
-            metrics[f"{source.stem} @ {r['schedule']}"] = {
+            metrics[f"{source.stem} @ {r['mode']} {r['schedule']}{' compiled' if r['backend'] == 'compiled' else ''}"] = {
                 **r["quality"],
                 "first_frame_ms": r["first_frame_ms"],
                 **({"stream_fps": r["stream_fps"]} if r["stream_fps"] else {}),

@@ -65,6 +65,13 @@ def write_mp4(frames: list[Image.Image], path: str | Path, fps: int = FPS, scale
     return path
 
 
+def streams(card: ModelCard) -> bool:
+    """Whether a video model streams chunk by chunk: a causal student, or a teacher trained partly
+    chunk-causally (its card's data.causal_fraction > 0; it streams with CFG). A purely bidirectional
+    teacher finishes the whole clip before its first frame exists."""
+    return card.role == "student" or float((card.data or {}).get("causal_fraction", 0) or 0) > 0
+
+
 @dataclass
 class StreamControls:
     """What a viewer changes while a stream runs; thread-safe, read before every chunk."""
@@ -125,8 +132,7 @@ class VideoEngine:
 
     @property
     def streaming(self) -> bool:
-        """A causal student streams chunk by chunk; a bidirectional teacher finishes the clip first."""
-        return self.card.role == "student"
+        return streams(self.card)
 
     @property
     def chunk(self) -> int:
@@ -151,13 +157,19 @@ class VideoEngine:
         return torch.tensor([[VIDEO_ACTIONS.index(n) for n in names]], device=self.device)
 
     @torch.no_grad()
-    def stream(self, request: VideoRequest, controls: StreamControls | None = None) -> Iterator[Result]:
+    def stream(
+        self, request: VideoRequest, controls: StreamControls | None = None, causal: bool | None = None
+    ) -> Iterator[Result]:
         """One Result per frame, as soon as it exists; the last one (finite clips) is final and
         carries every frame. Endless streams (frames=0) end when `controls.stop` is set or the
-        caller closes the generator."""
+        caller closes the generator. `causal=False` makes a streaming-capable teacher denoise the
+        whole clip bidirectionally instead (what the benchmark compares)."""
         if not isinstance(request, VideoRequest):
             raise InvalidRequest(f"the video engine takes a VideoRequest, got {type(request).__name__}")
-        if request.frames == 0 and not self.streaming:
+        streaming = self.streaming if causal is None else (causal and self.streaming)
+        if causal and not self.streaming:
+            raise InvalidRequest(f"{self.card.id!r} was trained bidirectionally only: it cannot stream causally")
+        if request.frames == 0 and not streaming:
             raise InvalidRequest(
                 f"{self.card.id!r} is a bidirectional teacher: it denoises a whole clip at once, so it cannot stream "
                 "endlessly; give a length, or pick a streaming student"
@@ -173,7 +185,8 @@ class VideoEngine:
         frames_out: list[Image.Image] = []
         nfe = 0
         total = request.frames
-        if self.streaming:
+        if streaming:
+            guidance = self.card.default_guidance or 1.0
             chunks = stream_chunks(
                 self.network,
                 self.scheduler,
@@ -182,6 +195,8 @@ class VideoEngine:
                 lambda _frame: self._embed(prompt()),
                 lambda first, count: self._action_ids(request, controls, first, count),
                 total or None,
+                guidance,
+                self.text_encoder.null(1) if guidance > 1 else None,
             )
             for chunk in chunks:
                 nfe += chunk.nfe

@@ -90,20 +90,28 @@ def stream_chunks(
     text: Callable[[int], TextEmbedding],
     actions: Callable[[int, int], torch.Tensor | None] | None = None,
     frames: int | None = None,
+    guidance: float = 1.0,
+    null: TextEmbedding | None = None,
 ) -> Iterator[Chunk]:
-    """Chunk after chunk of the causal student, for `frames` frames (None: until the caller stops).
+    """Chunk after chunk of a causal model, for `frames` frames (None: until the caller stops).
 
     `text(frame_index)` and `actions(frame_index, count)` are asked before every chunk, so a prompt or
     an action may change between chunks; they return the (B, ...) embedding and (B, count) action
     ids. `steps` is the steps per chunk, or a function of the chunk's index (an asymmetric schedule).
-    The student runs without CFG (guidance is distilled in). Stopping iteration frees the cache.
+    A distilled student runs without CFG (guidance is distilled in); a causally trained teacher runs
+    with it: `guidance` > 1 and the `null` embedding, the conditioned and null streams each keeping
+    their own half of a doubled KV cache. Stopping iteration frees the cache.
     """
     steps_for = steps if callable(steps) else (lambda _index, k=steps: k)
+    cfg = guidance > 1.0
+    if cfg and null is None:
+        raise ValueError("classifier-free guidance needs the null embedding")
     chunk = int(model.config.chunk)
     shape = _frame_shape(model)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    cache = model.new_cache(len(seeds))
+    cache = model.new_cache(len(seeds) * (2 if cfg else 1))
+    null = null.to(device, dtype) if cfg else None
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     start = 0
     while frames is None or start < frames:
@@ -113,14 +121,23 @@ def stream_chunks(
         acts = actions(start, count) if actions is not None else None
         acts = None if acts is None else acts.to(device)
 
+        if cfg and acts is not None:
+            acts = torch.cat([acts, acts])  # the sampler stacks [cond; null]: both halves take the same actions
+
         def velocity(x: torch.Tensor, t: torch.Tensor, e: TextEmbedding, _a=acts, _s=start) -> torch.Tensor:
             sigma = (t.float() / 1000).view(-1, 1).expand(x.shape[0], x.shape[1]).to(dtype)
             return model.forward_chunk(x.to(dtype), sigma, e.states, e.pooled, _a, cache, _s).to(x.dtype)
 
         fresh = type(scheduler).from_config(scheduler.config)
         k = steps_for(start // chunk)
-        last = collections.deque(flow_match_sample(velocity, fresh, noise, k, emb, emb, 1.0, generators), maxlen=1)[0]
+        states = flow_match_sample(velocity, fresh, noise, k, emb, null if cfg else emb, guidance, generators)
+        last = collections.deque(states, maxlen=1)[0]
         clean = last.x.clamp(-1, 1)
-        model.commit_chunk(clean.to(dtype), emb.states, emb.pooled, acts, cache, start)
-        yield Chunk(start, clean, last.nfe + 1)
+        if cfg:  # both halves of the cache remember the same (guided) frames
+            both = torch.cat([clean, clean]).to(dtype)
+            states2, pooled2 = torch.cat([emb.states, null.states]), torch.cat([emb.pooled, null.pooled])
+            model.commit_chunk(both, states2, pooled2, acts, cache, start)
+        else:
+            model.commit_chunk(clean.to(dtype), emb.states, emb.pooled, acts, cache, start)
+        yield Chunk(start, clean, last.nfe + (2 if cfg else 1))
         start += count

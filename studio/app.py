@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from studio import compare_tab, image_tab, models_tab, text_tab
+from studio import compare_tab, image_tab, models_tab, text_tab, video_tab
 
 if TYPE_CHECKING:
     from engines.registry import Registry
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("studio")
 
 CSS = """
-.pixelated img, #preview img { image-rendering: pixelated; }
+.pixelated img, #preview img, #video-frame img, #video-clip video { image-rendering: pixelated; }
 """
 
 
@@ -38,9 +38,14 @@ class StudioSettings:
     checkpoints: list[str] = field(default_factory=list)  # extra checkpoint directories, besides checkpoints/
     max_batch: int = 8  # largest batch the Image tab offers and accepts
     gpu_concurrency: int = 1  # generations running at once, across every event that shares the GPU
+    video_streams: int = 4  # live video streams running at once (each user streams in a thread of its own)
+    video_display_fps: float = 20.0  # the most frames a second the Video tab sends each viewer; newer frames win
     queue_size: int = 64  # waiting requests beyond which new ones are turned away
     cache_size: int = 2  # loaded engines kept in memory
     display_px: int = 256  # images are shown upscaled (nearest neighbour) to about this size
+    # Gradio writes every image an event returns into its cache, and a live video stream returns ~20 a second per
+    # viewer: files older than this are deleted (every half of it), so an endless stream cannot fill the disk.
+    cache_max_age_s: int | None = 3600
     # Train tab: public deployments turn it off (DISTILLERY_TRAIN_TAB=0 or --no-train-tab); a shared secret
     # (DISTILLERY_TRAIN_SECRET) puts Gradio auth in front of the studio while it is on.
     train_tab: bool = field(default_factory=lambda: _env_on("DISTILLERY_TRAIN_TAB"))
@@ -57,7 +62,8 @@ def build_registry(settings: StudioSettings) -> Registry:
 
 def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.Blocks:
     settings = settings or StudioSettings()
-    with gr.Blocks(title="Distillery studio") as demo:
+    age = settings.cache_max_age_s
+    with gr.Blocks(title="Distillery studio", delete_cache=(max(age // 2, 1), age) if age else None) as demo:
         gr.Markdown(
             "# Distillery studio\n"
             f"Distilled few-step generators, live. Running on **{registry.device}**; "
@@ -68,6 +74,8 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
                 image = image_tab.build(registry, settings)
             with gr.Tab("Text", id="text"):
                 text = text_tab.build(registry, settings)
+            with gr.Tab("Video", id="video"):
+                video = video_tab.build(registry, settings)
             with gr.Tab("Compare", id="compare"):
                 compare = compare_tab.build(registry, settings)
             with gr.Tab("Models", id="models"):
@@ -79,10 +87,10 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
                     train = train_tab.build(registry, settings)
 
         def refresh_pickers(event) -> None:
-            """After `event`, the Image, Text and Compare tabs' pickers list the registry's models again."""
+            """After `event`, the Image, Text, Video and Compare tabs' pickers list the registry's models again."""
             event.then(image.handlers.refresh_models, inputs=image.model, outputs=image.model, api_visibility="private").then(
                 text.handlers.refresh_models, inputs=text.model, outputs=text.model, api_visibility="private"
-            ).then(
+            ).then(video.handlers.refresh_models, inputs=video.model, outputs=video.model, api_visibility="private").then(
                 compare.handlers.refresh_models,
                 inputs=[compare.teacher, compare.student],
                 outputs=[compare.teacher, compare.student],

@@ -92,7 +92,8 @@ def sample_for_clips(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Generated clips (B, frames, 3, H, W) for the captions and actions of world clips.
-    `streaming`: chunk by chunk through the KV cache (a causal student, as served); else whole clips."""
+    `streaming`: chunk by chunk through the KV cache (a causal model, as served); else whole clips.
+    `guidance` > 1 applies CFG in either mode."""
     device = next(model.parameters()).device
     seeds = list(range(len(clips))) if seeds is None else seeds
     out = []
@@ -102,7 +103,8 @@ def sample_for_clips(
         actions = torch.stack([motion.action_ids(c, frames) for c in part]).to(device)
         if streaming:
             text, acts = (lambda _f, e=cond: e), (lambda f, n, a=actions: a[:, f : f + n])
-            chunks = stream_chunks(model, scheduler, seeds[i : i + batch_size], steps, text, acts, frames)
+            null = text_encoder.null(len(part)) if guidance > 1 else None
+            chunks = stream_chunks(model, scheduler, seeds[i : i + batch_size], steps, text, acts, frames, guidance, null)
             out.append(torch.cat([c.frames for c in chunks], dim=1))
         else:
             null = text_encoder.null(len(part)).to(device)
@@ -199,6 +201,8 @@ class VideoMethod:
                 "seed": config.seed,
                 "clips_seen": summary["images_seen"],
                 "frames_per_clip": self.frames,
+                # > 0: trained chunk-causally too, so the engine can stream it (engines/video.VideoEngine.streaming)
+                "causal_fraction": getattr(self.args, "causal_fraction", 1.0 if self.streaming else 0.0),
                 "init_from": config.init_from,
             },
             train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,

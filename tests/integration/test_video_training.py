@@ -20,11 +20,6 @@ from trainer.config import ConfigError, load_config
 from trainer.worlds import motion
 
 
-@pytest.fixture(scope="module")
-def video_registry(tiny_video_root):
-    return Registry([tiny_video_root], device="cpu")
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     with one_thread():
@@ -88,13 +83,38 @@ def test_endless_stream_follows_steering_and_stops(video_registry) -> None:
     assert controls.prompt == "a blue square sliding up"  # a refused change leaves the stream as it was
 
 
-def test_teacher_cannot_stream_endlessly_but_makes_clips(video_registry) -> None:
-    engine: VideoEngine = video_registry.engine("tiny-video")
+def test_bidirectional_teacher_only_makes_whole_clips(video_registry) -> None:
+    engine: VideoEngine = video_registry.engine("tiny-video")  # trained with causal_fraction 0
     assert not engine.streaming
     with pytest.raises(InvalidRequest, match="bidirectional"):
         list(engine.stream(VideoRequest("a red ball", frames=0)))
+    with pytest.raises(InvalidRequest, match="cannot stream causally"):
+        list(engine.stream(VideoRequest("a red ball", frames=4), causal=True))
     result = engine.generate(VideoRequest("a red ball", frames=4, seed=2, actions=("left", "up")))
     assert len(result.frames) == 4 and result.video_path.endswith(".mp4")
+    assert result.timings.nfe == 2 * 4  # one bidirectional pass per step, doubled by CFG
+
+
+def test_causally_trained_teacher_streams_with_cfg(tmp_path) -> None:
+    from trainer.loop import train
+
+    out = tmp_path / "ck" / "causal-teacher"
+    overrides = [f"--run_dir={tmp_path / 'run'}", f"--export.output_dir={out}", "--export.id=causal-teacher", "--max_steps=1"]
+    train(load_config(str(REPO / "configs" / "tiny-video-cpu.yaml"), [*overrides, "--method_config.causal_fraction=0.5"]))
+    assert load_card(out).data["causal_fraction"] == 0.5
+    engine: VideoEngine = Registry([tmp_path / "ck"], device="cpu").engine("causal-teacher")
+    assert engine.streaming
+    streamed = list(engine.stream(VideoRequest("a red ball", frames=4, seed=2)))
+    assert [r.frame_index for r in streamed] == [0, 1, 2, 3]
+    assert streamed[-1].timings.nfe == 2 * (2 * 4 + 2)  # 2 chunks x (4 steps + commit), CFG doubles every call
+    clip = list(engine.stream(VideoRequest("a red ball", frames=4, seed=2), causal=False))
+    assert len(clip[-1].frames) == 4 and clip[-1].timings.nfe == 2 * 4
+    controls = StreamControls()
+    for seen, _ in enumerate(engine.stream(VideoRequest("a red ball", frames=0, seed=1), controls), 1):
+        if seen == 3:
+            controls.stop.set()
+        assert seen < 10
+    assert seen == 4
 
 
 @pytest.mark.parametrize(

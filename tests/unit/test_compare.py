@@ -193,7 +193,7 @@ def test_the_studio_has_a_compare_tab(studio_registry, tmp_path):
     names = {getattr(fn, "api_name", None) for fn in demo.fns.values()}
     assert {"generate", "compare", "race"} <= names
     tabs = [c["props"]["label"] for c in demo.config["components"] if c["type"] == "tabitem"]
-    assert tabs == ["Image", "Text", "Compare", "Models", "Train"]  # Train: on unless DISTILLERY_TRAIN_TAB=0
+    assert tabs == ["Image", "Text", "Video", "Compare", "Models", "Train"]  # Train: on unless DISTILLERY_TRAIN_TAB=0
     # With no checkpoints the tab still builds; comparing then says what is missing.
     empty = Registry([tmp_path], device="cpu")
     assert isinstance(build_ui(empty, StudioSettings()), gr.Blocks)
