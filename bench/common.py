@@ -68,8 +68,10 @@ def markdown_table(result: dict) -> str:
     categories = list(dict.fromkeys(k for row in rows for k in row.get("quality", {}) if k != "overall"))
     with_fd = any("fd" in row for row in rows)  # suites without a distribution metric keep their table
     with_decoder = any("decoder" in row for row in rows)  # text: one row per decoder, not per step count
+    with_mode = any("mode" in row for row in rows)  # video: whole clip or stream, and the step schedule
     unit = rows[0].get("throughput_unit", "img/s") if rows else "img/s"
-    head = ["model", "role", "method", "backend", *(["decoder"] * with_decoder), "steps", "NFE", "overall", *categories]
+    head = ["model", "role", "method", "backend", *(["decoder"] * with_decoder), *(["mode", "schedule"] * with_mode)]
+    head += ["steps", "NFE", "overall", *categories]
     with_cost = any(row.get("train_gpu_minutes") is not None for row in rows)
     head += ["FD"] * with_fd + ["p50 ms", "p90 ms", f"{unit} (batch)"] + ["train GPU min"] * with_cost
     lines = [
@@ -88,6 +90,7 @@ def markdown_table(result: dict) -> str:
             row.get("method", ""),
             row["backend"],
             *([row.get("decoder", "")] * with_decoder),
+            *([row.get("mode", ""), row.get("schedule", "")] * with_mode),
             str(row["steps"]),
             str(row["nfe"]),
             f"{q.get('overall', float('nan')):.3f}",
