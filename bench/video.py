@@ -217,34 +217,34 @@ def main(argv: list[str] | None = None) -> dict:
     long_clips = motion.eval_clips(args.long_clips, LONG_FRAMES, seed=2026)
 
     rows, long_horizon, users = [], {}, {}
-    torch.set_grad_enabled(False)
     streamer = _streamer(registry, names)
-    for name in names:
-        card = registry.card(name)
-        engine: VideoEngine = registry.engine(name)
-        runs: list[tuple[object, bool]] = []
-        if card.role == "teacher":
-            runs += [(int(k), False) for k in args.teacher_steps.split(",")]
-        if engine.streaming:
-            steps = args.student_steps if card.role == "student" else args.teacher_stream_steps
-            runs += [(int(k), True) for k in steps.split(",")] + [(sched, True) for sched in _schedules(args.schedules)]
-        for steps, causal in runs:
-            rows.append(_row(engine, card, steps, clips, batch, repeats, stream_frames, causal))
-        if name == streamer:
-            default = card.default_steps if card.role == "student" else int(args.teacher_stream_steps.split(",")[-1])
-            long_horizon[name] = _long_horizon(engine, long_clips, default, batch)
-            users[name] = [round(r, 1) for r in _two_users(engine, default, stream_frames)]
-            print(
-                json.dumps({"model": name, "drift_points": long_horizon[name]["drift_points"], "two_users_fps": users[name]}),
-                flush=True,
-            )
-        registry.unload_all()
-        if args.compiled and engine.streaming and device.type == "cuda":
-            # the serving configuration: CUDA graphs at batch 1 (quality re-measured through them)
-            compiled = registry.engine(name, "compiled")
-            for steps in sorted({1, card.default_steps}):
-                rows.append(_row(compiled, card, steps, clips, batch, repeats, stream_frames, True))
+    with torch.no_grad():  # not set_grad_enabled(False): an in-process caller (a test) keeps its grad mode
+        for name in names:
+            card = registry.card(name)
+            engine: VideoEngine = registry.engine(name)
+            runs: list[tuple[object, bool]] = []
+            if card.role == "teacher":
+                runs += [(int(k), False) for k in args.teacher_steps.split(",")]
+            if engine.streaming:
+                steps = args.student_steps if card.role == "student" else args.teacher_stream_steps
+                runs += [(int(k), True) for k in steps.split(",")] + [(sched, True) for sched in _schedules(args.schedules)]
+            for steps, causal in runs:
+                rows.append(_row(engine, card, steps, clips, batch, repeats, stream_frames, causal))
+            if name == streamer:
+                default = card.default_steps if card.role == "student" else int(args.teacher_stream_steps.split(",")[-1])
+                long_horizon[name] = _long_horizon(engine, long_clips, default, batch)
+                users[name] = [round(r, 1) for r in _two_users(engine, default, stream_frames)]
+                print(
+                    json.dumps({"model": name, "drift_points": long_horizon[name]["drift_points"], "two_users_fps": users[name]}),
+                    flush=True,
+                )
             registry.unload_all()
+            if args.compiled and engine.streaming and device.type == "cuda":
+                # the serving configuration: CUDA graphs at batch 1 (quality re-measured through them)
+                compiled = registry.engine(name, "compiled")
+                for steps in sorted({1, card.default_steps}):
+                    rows.append(_row(compiled, card, steps, clips, batch, repeats, stream_frames, True))
+                registry.unload_all()
 
     summary = summarise(rows, long_horizon, registry, args.match)
     slug = device_slug(device)

@@ -72,13 +72,16 @@ def test_registry_discovers_good_cards_and_reports_bad_ones(tmp_path):
 def test_registry_errors_name_what_is_known(tmp_path):
     write_card(tmp_path / "teacher")
     write_card(tmp_path / "clip", modality="video")
+    write_card(tmp_path / "mesh", modality="3d")
     registry = Registry([tmp_path], device="cpu")
-    with pytest.raises(CheckpointError, match="unknown model id 'nope'; known: clip, teacher"):
+    with pytest.raises(CheckpointError, match="unknown model id 'nope'; known: clip, mesh, teacher"):
         registry.card("nope")
-    with pytest.raises(BackendUnavailable, match="no engine for modality 'video'"):
+    with pytest.raises(BackendUnavailable, match="no engine for modality '3d'"):
+        registry.engine("mesh")
+    with pytest.raises(CheckpointError, match="has no transformer/ folder"):  # video has an engine: the card's files are checked
         registry.engine("clip")
-    with pytest.raises(CheckpointError, match="no 3d checkpoints"):
-        registry.default("3d")
+    with pytest.raises(CheckpointError, match="no edit checkpoints"):
+        registry.default("edit")
 
 
 def test_registry_add_and_hub_ids(tmp_path):
