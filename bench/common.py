@@ -13,8 +13,20 @@ from typing import Any
 import numpy as np
 
 from engines.devices import synchronize
+from engines.registry import Registry
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def bench_registry(args) -> Registry:
+    """The checkpoints a suite measures: the shipped ones plus `--checkpoints` roots, one engine loaded at a time."""
+    roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]
+    return Registry(roots, device=args.device, cache_size=1)
+
+
+def model_names(args, registry: Registry, modality: str) -> list[str]:
+    """`--models` (comma-separated ids), or every checkpoint of the suite's modality."""
+    return [m for m in args.models.split(",") if m] or [c.id for c in registry.cards(modality)]
 
 
 def git_commit() -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import RESULTS, percentiles, time_calls, write_result
+from bench.common import RESULTS, bench_registry, model_names, percentiles, time_calls, write_result
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
 from engines.features import CARD_FILE as FEATURES_CARD
@@ -50,8 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]
-    registry = Registry(roots, device=args.device, cache_size=1)
+    registry = bench_registry(args)
     device = registry.device
     on_gpu = device.type == "cuda"
     repeats = args.latency_repeats or (20 if on_gpu else 5)
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     features = load_fd_network(args.features, device)  # before any generation: a missing network fails at once
     if args.prompts < 2 * features.config.feature_dim:
         print(f"note: FD of {args.prompts} images ({features.config.feature_dim}-d features) is dominated by small-sample bias")
-    names = [m for m in args.models.split(",") if m] or [c.id for c in registry.cards("image")]
+    names = model_names(args, registry, "image")
     scenes = shapes.eval_scenes(args.prompts)
     prompts, conditions = [s.caption for s in scenes], [s.condition for s in scenes]
     seeds = list(range(len(scenes)))

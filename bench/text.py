@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, percentiles, time_calls, write_result
+from bench.common import RESULTS, bench_registry, model_names, percentiles, time_calls, write_result
 from engines.devices import device_name, device_slug, synchronize
 from engines.registry import Registry
 from engines.text_decoding import DecodeConfig
@@ -65,15 +65,14 @@ def decoders(engine, thresholds: list[float], divisors: list[int]) -> list[tuple
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]
-    registry = Registry(roots, device=args.device, cache_size=1)
+    registry = bench_registry(args)
     device = registry.device
     on_gpu = device.type == "cuda"
     repeats = args.latency_repeats or (20 if on_gpu else 5)
     batch = args.batch or (256 if on_gpu else 64)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     divisors = [int(d) for d in args.step_divisors.split(",") if d]
-    names = [m for m in args.models.split(",") if m] or [c.id for c in registry.cards("text")]
+    names = model_names(args, registry, "text")
     if not names:
         raise SystemExit("no text checkpoints found: train one (configs/text-teacher.yaml) or pass --checkpoints DIR")
     examples = textworld.eval_examples(args.prompts)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import RESULTS, percentiles, write_result
+from bench.common import RESULTS, bench_registry, model_names, percentiles, write_result
 from engines.devices import device_name, device_slug, synchronize
 from engines.registry import Registry
 from engines.requests import VideoRequest
@@ -200,14 +200,13 @@ def _row(engine: VideoEngine, card, steps, clips: list, batch: int, repeats: int
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]
-    registry = Registry(roots, device=args.device, cache_size=1)
+    registry = bench_registry(args)
     device = registry.device
     on_gpu = device.type == "cuda"
     repeats = args.repeats or (10 if on_gpu else 2)
     batch = args.batch or (64 if on_gpu else 16)
     stream_frames = args.stream_frames or (128 if on_gpu else 32)
-    names = [m for m in args.models.split(",") if m] or [c.id for c in registry.cards("video")]
+    names = model_names(args, registry, "video")
     if not names:
         raise SystemExit("no video checkpoints found: train one (configs/motion-teacher.yaml) or pass --checkpoints DIR")
     interactive = args.clips // 4
