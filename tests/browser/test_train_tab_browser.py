@@ -1,6 +1,9 @@
 """The Train tab in headless Chromium: start a tiny CPU job, watch its step advance, cancel, resume, publish,
-then generate with the new model in the Image tab. Also writes docs/screenshots/train-tab.png for the README."""
+then generate with the new model in the Image tab. With DISTILLERY_SCREENSHOTS=1 it also rewrites
+docs/screenshots/train-tab.png for the README (otherwise the screenshot goes to the test's temporary folder,
+so a test run never changes tracked files)."""
 
+import os
 import re
 from pathlib import Path
 
@@ -52,7 +55,7 @@ def set_value(page, elem_id: str, value) -> None:
     box.press("Tab")
 
 
-def test_train_cancel_resume_publish_generate(page):
+def test_train_cancel_resume_publish_generate(page, tmp_path):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Train").click()
@@ -76,7 +79,9 @@ def test_train_cancel_resume_publish_generate(page):
     expect(detail).to_contain_text("finished · step 100 / 100", timeout=JOB_MS)
     expect(page.locator("#train-jobs")).to_contain_text("finished")
     page.locator("#train-sample img").wait_for()
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    shot = SCREENSHOT if os.environ.get("DISTILLERY_SCREENSHOTS") == "1" else tmp_path / SCREENSHOT.name
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
 
     page.locator("#train-publish").click()
     expect(page.locator("#train-status")).to_contain_text("Published browser-student")
