@@ -1,5 +1,6 @@
-"""Screenshots of the studio on the shipped checkpoints for the README: docs/screenshots/image-tab.png and
-docs/screenshots/text-tab.png (the text teacher's canvas, tokens coloured by the step that committed them).
+"""Screenshots of the studio on the shipped checkpoints for the README: docs/screenshots/image-tab.png,
+docs/screenshots/text-tab.png (the text teacher's canvas, tokens coloured by the step that committed them) and
+docs/screenshots/video-tab.png (a short clip streamed by the video teacher).
 
 Needs Debian's chromium (see README, Development). Runs on the CPU in about half a minute.
 """
@@ -13,6 +14,7 @@ from studio.app import StudioSettings, build_registry, build_ui, launch
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "image-tab.png"
 TEXT_OUT = OUT.with_name("text-tab.png")
+VIDEO_OUT = OUT.with_name("video-tab.png")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -51,5 +53,13 @@ with sync_playwright() as p:
     page.locator("#text-generate").click()
     expect(page.locator("#text-stats")).to_contain_text("NFE 48", timeout=240_000)
     page.screenshot(path=str(TEXT_OUT), full_page=True)
+
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-prompt textarea").fill("a red ball bouncing to the right and a blue square sliding up")
+    page.locator("#video-steps input[type=number]").fill("4")
+    page.locator("#video-frames input[type=number]").fill("24")
+    page.locator("#video-start").click()
+    expect(page.locator("#video-stats")).to_contain_text("MP4 of 24 frames", timeout=240_000)
+    page.screenshot(path=str(VIDEO_OUT), full_page=True)
     browser.close()
-print(f"wrote {OUT} and {TEXT_OUT}")
+print(f"wrote {OUT}, {TEXT_OUT} and {VIDEO_OUT}")
