@@ -75,6 +75,7 @@ def test_guidance_student_trains_and_runs_one_evaluation_per_step(tmp_path, tiny
     teacher = load_card(tiny_image_root / "tiny-cpu")
     assert (card.role, card.method, card.teacher) == ("student", "guidance", "tiny-cpu")
     assert (card.default_guidance, card.default_steps) == (teacher.default_guidance, teacher.default_steps)
+    assert config.export.default_guidance == 5.0  # the method overrides the card, never the user's config
     assert summary["model"] == str(card.path)
     engine = registry.engine("guided")
     assert embeds_guidance(engine.denoiser) and not engine.scheduler.config.stochastic_sampling

@@ -42,14 +42,25 @@ class ImageMethod:
 
     # ------------------------------------------------------------------ the loop's evaluation hooks
 
+    def shipped(self, name: str):
+        """A card field of the export: the method's override (`export_overrides`) where it owns the field
+        (e.g. a student with CFG distilled in ships guidance 1), else the config's `export.<name>`."""
+        return getattr(self, "export_overrides", {}).get(name, getattr(self.config.export, name))
+
+    def override_export(self, name: str, value, why: str) -> None:
+        """Own a card field: recorded on this method (the config stays as the user wrote it) and announced."""
+        if self.shipped(name) != value:
+            print(f"{self.config.method}: export.{name} set to {value} ({why})", flush=True)
+        self.export_overrides = {**getattr(self, "export_overrides", {}), name: value}  # never the class's dict
+
     def sampler(self):
         """The sampler that ships with the export; training-time samples use it too."""
-        return new_scheduler(self.config.export.scheduler_shift, stochastic=getattr(self, "stochastic_sampling", False))
+        return new_scheduler(self.shipped("scheduler_shift"), stochastic=getattr(self, "stochastic_sampling", False))
 
     def eval_settings(self) -> dict:
-        shipped = getattr(self, "export_overrides", {}).get("default_guidance", self.config.export.default_guidance)
+        shipped = self.shipped("default_guidance")
         return {
-            "eval_steps": self.config.eval_steps or self.config.export.default_steps,
+            "eval_steps": self.config.eval_steps or self.shipped("default_steps"),
             "eval_guidance": shipped if self.config.eval_guidance is None else self.config.eval_guidance,
         }
 
@@ -73,7 +84,6 @@ class ImageMethod:
         config = self.config
         out = Path(config.export.output_dir or Path(config.run_dir) / "model")
         # Card fields a method decides, e.g. a student with CFG distilled in ships guidance 1 (CFG again would double it).
-        overrides = getattr(self, "export_overrides", {})
         if hasattr(self, "card_metrics"):  # e.g. reflow's straightness
             metrics = {**metrics, **self.card_metrics()}
         card = ModelCard(
@@ -81,8 +91,8 @@ class ImageMethod:
             modality="image",
             role=self.role,
             method=config.method,
-            default_steps=overrides.get("default_steps", config.export.default_steps),
-            default_guidance=overrides.get("default_guidance", config.export.default_guidance),
+            default_steps=self.shipped("default_steps"),
+            default_guidance=self.shipped("default_guidance"),
             resolution=int(network.config.sample_size),
             teacher=getattr(self, "teacher_id", None),
             description=config.export.description,

@@ -28,7 +28,6 @@ from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import render_batch
 from trainer.methods.base import ImageMethod
 from trainer.methods.flow_matching import shift_sigma
-from trainer.methods.reflow import set_export_field
 
 COND_PROJ = "time_embedding.cond_proj."
 
@@ -104,9 +103,10 @@ class GuidanceDistillation(ImageMethod):
         self.networks = {"student": base if embeds_guidance(base) else with_guidance_input(base)}
         self.ema_roles = ("student",)
         card = self.teacher.card
-        set_export_field(config, "default_steps", card.default_steps, "the student keeps the teacher's sampler")
-        set_export_field(config, "default_guidance", card.default_guidance, "the student keeps the teacher's sampler")
-        set_export_field(config, "scheduler_shift", self.teacher.scheduler_shift, "the student keeps the teacher's sampler")
+        why = "the student keeps the teacher's sampler"
+        self.override_export("default_steps", card.default_steps, why)
+        self.override_export("default_guidance", card.default_guidance, why)
+        self.override_export("scheduler_shift", self.teacher.scheduler_shift, why)
         if config.compile:
             self.teacher.network = torch.compile(self.teacher.network)
 

@@ -168,13 +168,6 @@ def world_batch_with_step(step: int, rank: int, micro: int, **kwargs) -> dict:
     return world_batch_cpu(step, rank, micro, **kwargs) | {"step": step}
 
 
-def set_export_field(config: TrainConfig, name: str, value, why: str) -> None:
-    """The method owns this card field; the loop reads config.export after building the method."""
-    if getattr(config.export, name) != value:
-        print(f"{config.method}: export.{name} set to {value} ({why})", flush=True)
-        setattr(config.export, name, value)
-
-
 class Reflow(ImageMethod):
     """Roles: `student` (trained, EMA'd, exported). Frozen: the teacher, and the pair model when it
     is not the teacher (a reflowed student making its own pairs for the distill stage)."""
@@ -220,9 +213,9 @@ class Reflow(ImageMethod):
         self.networks = {"student": student}
         self.ema_roles = ("student",)
         # The student follows its flow without CFG (guidance is in the pairs); the one-step map needs one step.
-        set_export_field(config, "default_guidance", 1.0, "the pairs already hold the teacher's guidance")
+        self.override_export("default_guidance", 1.0, "the pairs already hold the teacher's guidance")
         if self.args.stage == "distill":
-            set_export_field(config, "default_steps", 1, "the distill stage trains the one-step map")
+            self.override_export("default_steps", 1, "the distill stage trains the one-step map")
         self.last_straightness: float | None = None
         self._probe: tuple[TextEmbedding, torch.Tensor] | None = None
         self._measured: tuple[int, torch.Tensor] | None = None
