@@ -32,22 +32,26 @@ class Teacher:
         return self.card.id
 
 
-def load_teacher(path: str | None, device: torch.device, method: str) -> Teacher:
+def load_teacher(path: str | None, device: torch.device, method: str, modality: str = "image") -> Teacher:
     """The frozen teacher named by the config's `teacher`, with clear errors for a missing path,
-    a damaged checkpoint or one of another modality."""
+    a damaged checkpoint or one of another modality. `modality` is what the method distils
+    (image denoisers, or video VideoDiTs)."""
+    kind = f"{'an' if modality[0] in 'aeiou' else 'a'} {modality}"
     if not path:
-        raise ConfigError(f"method {method!r} distils a teacher: set `teacher` to an image checkpoint directory")
+        raise ConfigError(f"method {method!r} distils a teacher: set `teacher` to {kind} checkpoint directory")
     directory = Path(path)
     if not directory.is_dir():
         raise ConfigError(f"teacher {path!r} does not exist (expected a checkpoint directory with card.json)")
     try:
         card = load_card(directory)
-        if card.modality != "image":
-            raise ConfigError(f"teacher {card.id!r} is a {card.modality} model; {method!r} needs an image teacher")
+        if card.modality != modality:
+            raise ConfigError(f"teacher {card.id!r} is a {card.modality} model; {method!r} needs {kind} teacher")
         from engines.checkpoints import load_scheduler
+        from engines.video import load_video_network
         from trainer.networks import load_network
 
-        network = load_network(directory).to(device).requires_grad_(False).eval()
+        load = load_video_network if modality == "video" else load_network
+        network = load(directory).to(device).requires_grad_(False).eval()
         shift = float(load_scheduler(directory / "scheduler").config.get("shift", 1.0))
     except CheckpointError as err:
         raise ConfigError(f"teacher {path!r} cannot be loaded: {err}") from err

@@ -74,10 +74,6 @@ def to_uint8_frames(clips: torch.Tensor, resolution: int | None = None) -> np.nd
     return array.permute(0, 1, 3, 4, 2).cpu().numpy()
 
 
-def video_scheduler(shift: float, stochastic: bool):
-    return new_scheduler(shift, stochastic=stochastic)
-
-
 @torch.no_grad()
 def sample_for_clips(
     model,
@@ -148,7 +144,7 @@ class VideoMethod:
         return self.text_encoder.encode_tokens(batch["tokens"])
 
     def sampler(self):
-        return video_scheduler(self.config.export.scheduler_shift, self.stochastic_sampling)
+        return new_scheduler(self.config.export.scheduler_shift, stochastic=self.stochastic_sampling)
 
     def eval_settings(self) -> dict:
         shipped = getattr(self, "export_overrides", {}).get("default_guidance", self.config.export.default_guidance)

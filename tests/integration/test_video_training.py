@@ -145,7 +145,7 @@ def test_damaged_video_checkpoint_is_refused(tiny_video_root, tmp_path) -> None:
         load_video_network(tmp_path)
 
 
-def test_video_configs_refuse_bad_settings(tiny_video_root, tmp_path) -> None:
+def test_video_configs_refuse_bad_settings(tiny_video_root, tiny_image_root, tmp_path) -> None:
     from trainer.loop import train
 
     base = [f"--run_dir={tmp_path / 'run'}"]
@@ -157,6 +157,9 @@ def test_video_configs_refuse_bad_settings(tiny_video_root, tmp_path) -> None:
         train(load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), base))
     with pytest.raises(ConfigError, match="does not exist"):
         train(load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), [*base, f"--teacher={tmp_path / 'nope'}"]))
+    image_teacher = f"--teacher={tiny_image_root / 'tiny-cpu'}"
+    with pytest.raises(ConfigError, match="is a image model; 'self_forcing' needs a video teacher"):
+        train(load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), [*base, image_teacher]))
 
 
 def test_self_forcing_rollout_is_causal_and_streams_like_the_engine(tiny_video_root) -> None:

@@ -28,9 +28,10 @@ from engines.text_encoder import TextEmbedding, TextEncoder
 from engines.video_sampling import clip_velocity
 from trainer import distill
 from trainer.config import ConfigError, TrainConfig, build
+from trainer.image_task import new_scheduler
 from trainer.methods.flow_matching import flow_matching_loss
 from trainer.methods.video_fm import video_network
-from trainer.video_task import VideoMethod, video_scheduler
+from trainer.video_task import VideoMethod
 
 
 @dataclass
@@ -60,28 +61,6 @@ class SelfForcingConfig:
             raise ConfigError("method_config.train_window must be >= 1 frame")
 
 
-def load_video_teacher(path: str | None, device: torch.device):
-    """(frozen network, card) of a video teacher, with clear errors for a missing or wrong checkpoint."""
-    from pathlib import Path
-
-    from engines.card import load_card
-    from engines.errors import CheckpointError
-    from engines.video import load_video_network
-
-    if not path:
-        raise ConfigError("method 'self_forcing' distils a teacher: set `teacher` to a video checkpoint directory")
-    if not Path(path).is_dir():
-        raise ConfigError(f"teacher {path!r} does not exist (expected a checkpoint directory with card.json)")
-    try:
-        card = load_card(Path(path))
-        if card.modality != "video":
-            raise ConfigError(f"teacher {card.id!r} is a {card.modality} model; self_forcing needs a video teacher")
-        network = load_video_network(path).to(device).requires_grad_(False).eval()
-    except CheckpointError as err:
-        raise ConfigError(f"teacher {path!r} cannot be loaded: {err}") from err
-    return network, card
-
-
 class SelfForcing(VideoMethod):
     """Roles: `generator` (the causal student: trained, EMA'd, exported), `critic` (trained).
     Frozen: the bidirectional teacher."""
@@ -96,17 +75,16 @@ class SelfForcing(VideoMethod):
         self.config, self.device, self.text_encoder = config, device, text_encoder
         self.args: SelfForcingConfig = build(SelfForcingConfig, config.method_config, prefix="method_config.")
         self.frames, self.interactive_fraction = self.args.frames, self.args.interactive_fraction
-        self.teacher, card = load_video_teacher(config.teacher, device)
-        self.teacher_id = card.id
+        self.teacher = distill.load_teacher(config.teacher, device, config.method, modality="video")
+        self.teacher_id = self.teacher.id
         guidance = self.args.teacher_guidance
-        self.guidance = guidance if guidance is not None else (card.default_guidance or 1.0)
-        student_config = config if config.init_from else _with_init(config, config.teacher)
-        from engines.video import load_video_network
-
-        self.networks = {"generator": video_network(student_config), "critic": load_video_network(config.teacher)}
+        self.guidance = guidance if guidance is not None else (self.teacher.card.default_guidance or 1.0)
+        # the student starts from init_from or the teacher; the critic (fake score) from the teacher
+        start = config.init_from or config.teacher
+        self.networks = {"generator": video_network(config, start), "critic": video_network(config, config.teacher)}
         self.ema_roles = ("generator",)
         self.lr_scales = {"critic": self.args.critic_lr_scale}
-        scheduler = video_scheduler(config.export.scheduler_shift, stochastic=True)
+        scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
 
     def phases(self, step: int) -> list[str]:
@@ -156,7 +134,7 @@ class SelfForcing(VideoMethod):
             x_t = distill.add_noise(clip.detach(), torch.randn(clip.shape, generator=rng, device=self.device), t)
             with torch.no_grad():
                 null = self.text_encoder.null(b)
-                teacher = clip_velocity(self.teacher, actions, causal=False)
+                teacher = clip_velocity(self.teacher.network, actions, causal=False)
                 v_real = cfg_velocity(teacher, x_t, t * 1000, emb, null, self.guidance)[0]
                 real = x_t - t.view(-1, 1, 1, 1, 1) * v_real
                 fake = x_t - t.view(-1, 1, 1, 1, 1) * critic(x_t, t * 1000, emb)
@@ -171,9 +149,3 @@ class SelfForcing(VideoMethod):
         v = critic(distill.add_noise(clip, noise, sigma), sigma * 1000, emb)
         loss = flow_matching_loss(v, clip, noise)
         return loss, {"loss/critic": loss.detach()}
-
-
-def _with_init(config: TrainConfig, path: str | None) -> TrainConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, init_from=path)

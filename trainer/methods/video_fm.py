@@ -44,13 +44,14 @@ class VideoFMConfig:
             raise ConfigError("method_config needs shift > 0 and logit_std >= 0")
 
 
-def video_network(config: TrainConfig):
-    """A fresh VideoDiT from `model_preset`, or init_from's weights."""
+def video_network(config: TrainConfig, start: str | None = None):
+    """A VideoDiT: the weights of checkpoint `start` (default: init_from), else a fresh `model_preset`."""
     from engines.video import load_video_network
     from engines.video_model import PRESETS, build_video_network
 
-    if config.init_from:
-        return load_video_network(config.init_from)
+    start = start or config.init_from
+    if start:
+        return load_video_network(start)
     if config.model_preset not in PRESETS:
         raise ConfigError(f"unknown video model_preset {config.model_preset!r}; known: {', '.join(PRESETS)}")
     return build_video_network(config.model_preset)
