@@ -18,6 +18,14 @@ from engines.registry import Registry
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def add_model_args(parser, modality: str) -> None:
+    """The options every suite takes: device, which checkpoints, where results go."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--models", default="", help=f"comma-separated checkpoint ids (default: every {modality} checkpoint)")
+    parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+
+
 def bench_registry(args) -> Registry:
     """The checkpoints a suite measures: the shipped ones plus `--checkpoints` roots, one engine loaded at a time."""
     roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import RESULTS, bench_registry, model_names, percentiles, time_calls, write_result
+from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
 from engines.features import CARD_FILE as FEATURES_CARD
@@ -32,9 +32,7 @@ OTHER_SEED = 2025  # held-out scenes other than the prompts' (seed 2024): the re
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench image", description=__doc__)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--models", default="", help="comma-separated checkpoint ids (default: every image checkpoint)")
-    parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
+    add_model_args(parser, "image")
     parser.add_argument("--prompts", type=int, default=560, help="held-out prompts (balanced over the 7 categories)")
     parser.add_argument("--steps", default="", help="step counts for every model, e.g. 1,2,4 (overrides the two below)")
     parser.add_argument("--teacher-steps", default="1,2,4,8,25,50", help="step counts for teachers")
@@ -43,7 +41,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--throughput-batch", type=int, default=0, help="batch for throughput (default 256 GPU, 32 CPU)")
     parser.add_argument("--chunk", type=int, default=0, help="images per forward when scoring (default 280 GPU, 64 CPU)")
     parser.add_argument("--features", type=Path, default=FEATURES, help="feature network for FD (trainer.train_features)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
     return parser.parse_args(argv)
 

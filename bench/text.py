@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, bench_registry, model_names, percentiles, time_calls, write_result
+from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
 from engines.devices import device_name, device_slug, synchronize
 from engines.registry import Registry
 from engines.text_decoding import DecodeConfig
@@ -28,16 +28,13 @@ from trainer.worlds import textworld
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench text", description=__doc__)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--models", default="", help="comma-separated checkpoint ids (default: every text checkpoint)")
-    parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
+    add_model_args(parser, "text")
     parser.add_argument("--prompts", type=int, default=512, help="held-out problems (balanced over the task families)")
     parser.add_argument("--thresholds", default="0.99,0.97,0.95,0.9,0.7", help="confidence-adaptive thresholds")
     parser.add_argument("--step-divisors", default="1,2,4,8,16", help="fixed steps = gen_length / d")
     parser.add_argument("--latency-repeats", type=int, default=0, help="timed batch-1 calls per row (default 20 GPU, 5 CPU)")
     parser.add_argument("--batch", type=int, default=0, help="large batch for accuracy and throughput (default 256 GPU, 64 CPU)")
     parser.add_argument("--match", type=float, default=0.01, help="accuracy tolerance of 'matched accuracy'")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
     return parser.parse_args(argv)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import RESULTS, bench_registry, model_names, percentiles, write_result
+from bench.common import add_model_args, bench_registry, model_names, percentiles, write_result
 from engines.devices import device_name, device_slug, synchronize
 from engines.registry import Registry
 from engines.requests import VideoRequest
@@ -37,10 +37,8 @@ LONG_FRAMES = 216
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench video", description=__doc__)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_model_args(parser, "video")
     parser.add_argument("--compiled", action="store_true", help="also time students on the compiled (CUDA graphs) backend")
-    parser.add_argument("--models", default="", help="comma-separated checkpoint ids (default: every video checkpoint)")
-    parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint root directories")
     parser.add_argument("--clips", type=int, default=256, help="held-out 16-frame clips (a quarter of them interactive)")
     parser.add_argument("--long-clips", type=int, default=32, help="clips streamed for 216 frames (drift)")
     parser.add_argument("--teacher-steps", default="4,8,25")
@@ -51,7 +49,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=0, help="timed batch-1 runs per row (default 10 GPU, 2 CPU)")
     parser.add_argument("--batch", type=int, default=0, help="batch for quality runs (default 64 GPU, 16 CPU)")
     parser.add_argument("--match", type=float, default=0.02, help="'within 2 points' of the teacher")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
     return parser.parse_args(argv)
 

@@ -37,6 +37,11 @@ BACKENDS = ("torch", "compiled")
 FPS = 16  # frames per second of written clips: the motion world's speeds are per frame at this rate
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"video engine backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+
+
 def load_video_network(checkpoint: str | Path, dtype: torch.dtype = torch.float32):
     """A checkpoint's VideoDiT, validated (safetensors only), to serve, to continue training or as a teacher."""
     from engines.checkpoints import load_diffusers_model
@@ -103,8 +108,7 @@ class VideoEngine:
     def __init__(
         self, card: ModelCard, network, scheduler, text_encoder: TextEncoder, device: torch.device, backend: str = "torch"
     ) -> None:
-        if backend not in BACKENDS:
-            raise BackendUnavailable(f"video engine backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+        check_backend(backend)
         self.card, self.network, self.scheduler = card, network, scheduler
         self.text_encoder, self.device, self.backend = text_encoder, device, backend
         self.load_ms = 0.0
@@ -114,8 +118,7 @@ class VideoEngine:
 
     @classmethod
     def from_card(cls, card: ModelCard, device: torch.device, text_encoder: TextEncoder, backend: str = "torch") -> VideoEngine:
-        if backend not in BACKENDS:
-            raise BackendUnavailable(f"video engine backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+        check_backend(backend)
         if backend == "compiled" and device.type != "cuda":
             raise BackendUnavailable("the compiled video backend runs on a CUDA GPU only; use backend 'torch' here")
         start = time.perf_counter()

@@ -5,34 +5,21 @@ docs/screenshots/video-tab.png (a short clip streamed by the video teacher).
 Needs Debian's chromium (see README, Development). Runs on the CPU in about half a minute.
 """
 
-import socket
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
 from studio.app import StudioSettings, build_registry, build_ui, launch
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, free_port
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "image-tab.png"
 TEXT_OUT = OUT.with_name("text-tab.png")
 VIDEO_OUT = OUT.with_name("video-tab.png")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+port = free_port()
 settings = StudioSettings(port=port, device="cpu")
 launch(build_ui(build_registry(settings), settings), settings, prevent_thread_lock=True, quiet=True)
 with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"http://127.0.0.1:{port}/")
     page.locator("#prompt textarea").fill("a purple diamond above a green ball")

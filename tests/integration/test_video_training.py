@@ -190,6 +190,7 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
         [
             "--device=cpu",
             f"--checkpoints={tiny_video_root}",
+            "--models=tiny-video,tiny-video-student",  # not the shipped video model: seconds, not minutes, on CPU
             "--clips=4",
             "--long-clips=1",
             "--teacher-steps=2",
@@ -209,3 +210,12 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
     assert len(result["two_users_fps"]["tiny-video-student"]) == 2 and min(result["two_users_fps"]["tiny-video-student"]) > 0
     assert (tmp_path / "video-cpu.md").read_text().count("tiny-video") >= 3
     json.loads((tmp_path / "video-cpu.json").read_text())
+
+
+def test_unknown_or_unavailable_video_backends_are_refused(video_registry) -> None:
+    from engines.errors import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="choose one of: torch, compiled"):
+        video_registry.engine("tiny-video-student", "onnx")
+    with pytest.raises(BackendUnavailable, match="CUDA GPU only"):
+        video_registry.engine("tiny-video-student", "compiled")
