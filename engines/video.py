@@ -62,9 +62,16 @@ def write_mp4(frames: list[Image.Image], path: str | Path, fps: int = FPS, scale
     """H.264 MP4 through imageio-ffmpeg, upscaled (nearest) so 64x64 frames are watchable."""
     import imageio.v2 as imageio
 
+    try:  # named explicitly: without it imageio picks another plugin for .mp4 and fails obscurely
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError as error:
+        raise BackendUnavailable(
+            "writing MP4 needs the imageio-ffmpeg package (pip install -r requirements.txt); the frames were made, "
+            "stream() still yields them"
+        ) from error
     path = Path(path)
     size = (frames[0].width * scale, frames[0].height * scale)
-    with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+    with imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
         for frame in frames:
             writer.append_data(np.asarray(frame.resize(size, Image.NEAREST)))
     return path

@@ -617,6 +617,10 @@ class VideoDiT(ModelMixin, ConfigMixin):
         the compiled code, so an endless stream does not recompile: only the cache's warm-up lengths
         (0, chunk, 2 chunks, ... window frames + sink) compile, once each, for each of the two calls."""
         # One compiled function per call: torch.compile keeps a graph cache (and a recompile limit) per code object.
+        # Static shapes: the warm-up lengths are few and known, and a dynamic-shape graph (what torch.compile
+        # switches to at the second length) compiles slower and still records a CUDA graph per length.
+        compile_kwargs = {"dynamic": False, **compile_kwargs}
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self._compiled = {
             True: torch.compile(type(self)._velocity_core, **compile_kwargs),
             False: torch.compile(type(self)._commit_core, **compile_kwargs),

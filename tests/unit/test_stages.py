@@ -1,0 +1,51 @@
+"""A run that continues a model under the same id reports the model's whole training on its card."""
+
+from __future__ import annotations
+
+from engines.card import ModelCard
+from trainer.stages import with_earlier_stages
+
+
+def _save(tmp_path, name: str, card_id: str, seconds: float | None, data: dict) -> str:
+    card = ModelCard(
+        id=card_id,
+        modality="video",
+        role="teacher",
+        method="video_fm",
+        default_steps=16,
+        resolution=64,
+        data=data,
+        train_gpu_seconds=seconds,
+    )
+    card.save(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_second_stage_adds_up_cost_and_lists_both_stages(tmp_path) -> None:
+    first = _save(tmp_path, "a", "motion-teacher", 480.3, {"world": "motion", "clips_seen": 1000, "init_from": None})
+    data, seconds = with_earlier_stages({"world": "motion", "clips_seen": 600}, 300.0, first, "motion-teacher", "runs/two")
+    assert seconds == 780.3
+    assert data["clips_seen"] == 1600
+    assert [s["train_gpu_seconds"] for s in data["stages"]] == [480.3, 300.0]
+    assert data["stages"][0]["clips_seen"] == 1000 and data["stages"][1] == {
+        "config": "runs/two",
+        "train_gpu_seconds": 300.0,
+        "clips_seen": 600,
+    }
+
+    # a third stage continues the list rather than nesting it
+    second = _save(tmp_path, "b", "motion-teacher", seconds, data)
+    data3, seconds3 = with_earlier_stages({"clips_seen": 10}, 20.0, second, "motion-teacher", "runs/three")
+    assert seconds3 == 800.3 and data3["clips_seen"] == 1610
+    assert [s["config"] for s in data3["stages"][1:]] == ["runs/two", "runs/three"]
+    assert "stages" not in data3["stages"][0]
+
+
+def test_other_ids_cpu_runs_and_fresh_models_are_single_stage(tmp_path) -> None:
+    teacher = _save(tmp_path, "t", "motion-teacher", 480.3, {"clips_seen": 1000})
+    fresh = {"clips_seen": 5}
+    assert with_earlier_stages(fresh, 9.0, teacher, "motion-student", "r") == (fresh, 9.0)  # a student of it
+    assert with_earlier_stages(fresh, None, teacher, "motion-teacher", "r") == (fresh, None)  # a CPU stage
+    assert with_earlier_stages(fresh, 9.0, None, "motion-teacher", "r") == (fresh, 9.0)
+    cpu = _save(tmp_path, "c", "motion-teacher", None, {"clips_seen": 1})
+    assert with_earlier_stages(fresh, 9.0, cpu, "motion-teacher", "r") == (fresh, 9.0)  # no GPU cost to add

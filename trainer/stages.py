@@ -1,0 +1,35 @@
+"""Training in stages: a run that continues a model under the same id (init_from a checkpoint whose
+card has the export's id) reports the model's whole training, not just its last stage."""
+
+from __future__ import annotations
+
+from engines.card import ModelCard, load_card
+
+SEEN_KEYS = ("images_seen", "clips_seen", "sequences_seen")
+
+
+def continued_card(init_from: str | None, export_id: str) -> ModelCard | None:
+    """The card of the model this run continues, when it exports under the same id (a further
+    training stage), else None (a fresh model, or a student started from its teacher)."""
+    if not init_from:
+        return None
+    card = load_card(init_from)
+    return card if card.id == export_id else None
+
+
+def with_earlier_stages(
+    data: dict, seconds: float | None, init_from: str | None, export_id: str, run_dir: str
+) -> tuple[dict, float | None]:
+    """A further training stage of the same model reports the whole cost: the card's data lists every
+    stage (config, examples seen, GPU seconds) and its totals add them up. Stages off the GPU (None
+    seconds) are not mixed with GPU ones."""
+    earlier = continued_card(init_from, export_id)
+    if earlier is None or seconds is None or earlier.train_gpu_seconds is None:
+        return data, seconds
+    seen = next((k for k in SEEN_KEYS if k in data), None)
+    stage = {"config": run_dir, "train_gpu_seconds": seconds, **({seen: data[seen]} if seen else {})}
+    first = {k: v for k, v in earlier.data.items() if k != "stages"} | {"train_gpu_seconds": earlier.train_gpu_seconds}
+    data = {**data, "stages": [*earlier.data.get("stages", [first]), stage]}
+    if seen:
+        data[seen] += earlier.data.get(seen, 0)
+    return data, round(seconds + earlier.train_gpu_seconds, 1)
