@@ -1,6 +1,8 @@
 # The video models on the lent GPU, one call per stage (prepare .device with scripts/prepare_device_carry.sh).
 #   bash scripts/device_video.sh teacher   train configs/motion-teacher.yaml, return it (tar) and its samples
 #   bash scripts/device_video.sh student   Self-Forcing from checkpoints/motion-teacher, then `bench video`
+# With both video checkpoints the tree outgrows the 64 MiB carry: move the student out of the tree and carry it
+# as a delta (scripts/carry_delta.py pack ... .device/student; unpack it on the device before benchmarking).
 source scripts/device_env.sh
 export PYTHONPATH=.
 STAGE=${1:?teacher or student}
