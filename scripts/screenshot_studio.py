@@ -1,6 +1,6 @@
 """Screenshots of the studio on the shipped checkpoints for the README: docs/screenshots/image-tab.png,
 docs/screenshots/text-tab.png (the text teacher's canvas, tokens coloured by the step that committed them) and
-docs/screenshots/video-tab.png (a short clip streamed by the video teacher).
+docs/screenshots/video-tab.png (a clip streamed live by the distilled video student).
 
 Needs Debian's chromium (see README, Development). Runs on the CPU in about half a minute.
 """
@@ -43,10 +43,10 @@ with sync_playwright() as p:
 
     page.get_by_role("tab", name="Video").click()
     page.locator("#video-prompt textarea").fill("a red ball bouncing to the right and a blue square sliding up")
-    page.locator("#video-steps input[type=number]").fill("4")
-    page.locator("#video-frames input[type=number]").fill("24")
+    page.locator("#video-steps input[type=number]").fill("2")
+    page.locator("#video-frames input[type=number]").fill("48")
     page.locator("#video-start").click()
-    expect(page.locator("#video-stats")).to_contain_text("MP4 of 24 frames", timeout=240_000)
+    expect(page.locator("#video-stats")).to_contain_text("MP4 of 48 frames", timeout=240_000)
     page.screenshot(path=str(VIDEO_OUT), full_page=True)
     browser.close()
 print(f"wrote {OUT}, {TEXT_OUT} and {VIDEO_OUT}")
