@@ -236,3 +236,20 @@ def test_mp4_without_imageio_ffmpeg_is_refused_clearly(video_registry, tmp_path,
     assert not (tmp_path / "clip.mp4").exists()
     monkeypatch.delitem(sys.modules, "imageio_ffmpeg")
     assert write_mp4(frames, tmp_path / "clip.mp4").stat().st_size > 0
+
+
+def test_a_stream_outlives_its_engine_being_evicted(tiny_video_root) -> None:
+    """Two users, a cache of one: loading another model evicts (unloads) the engine a stream is using.
+    The running stream keeps its network and finishes every frame; the evicted engine is unloaded."""
+    registry = Registry([tiny_video_root], device="cpu", cache_size=1)
+    student = registry.engine("tiny-video-student")
+    with one_thread():
+        stream = student.stream(VideoRequest("a red ball bouncing to the right", seed=3, frames=8, steps=1))
+        first = next(stream)
+        registry.engine("tiny-video")  # the other user's model: evicts the student
+        assert student.network is None and registry.loaded() == [("tiny-video", "torch")]
+        rest = list(stream)
+    assert first.frame_index == 0 and [r.frame_index for r in rest] == list(range(1, 8))
+    assert rest[-1].final and len(rest[-1].frames) == 8
+    again = registry.engine("tiny-video-student")  # reloads cleanly
+    assert again is not student and again.network is not None
