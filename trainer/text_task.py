@@ -206,13 +206,16 @@ class TextMethod:
 
     def evaluate(self, network) -> dict[str, float]:
         result = self._evaluate(network)
-        self._last_eval = result
+        # the loop asks for diversity right after, of the same network at the same step: hand it these outputs once
+        self._fresh_eval = (network, result)
         batches = -(-self.config.eval_prompts // 128)  # decode_prompts' batch: every row of a batch shares its calls
         return {**result.accuracy, "nfe": result.nfe / batches}
 
     def diversity(self, network) -> float:
-        """Share of distinct answers over the held-out prompts: a collapsed student says one thing to all."""
-        outputs = getattr(self, "_last_eval", None) or self._evaluate(network)
+        """Share of distinct answers over the held-out prompts: a collapsed student says one thing to all.
+        Reuses the outputs of the evaluation just run on this network (once); otherwise decodes afresh."""
+        fresh, self._fresh_eval = getattr(self, "_fresh_eval", None), None
+        outputs = fresh[1] if fresh is not None and fresh[0] is network else self._evaluate(network)
         return len(set(outputs.outputs)) / max(1, len(outputs.outputs))
 
     def preview(self, network) -> Image.Image:
