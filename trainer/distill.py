@@ -8,7 +8,7 @@ student checkpoint is the same kind of network with a different sampler and defa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,27 @@ class Teacher:
     @property
     def id(self) -> str:
         return self.card.id
+
+
+@dataclass
+class CriticDistillConfig:
+    """Settings every DMD-style method shares (DMD2 for images, Self-Forcing for video): a frozen teacher's
+    CFG real score against a critic trained on the student's samples, and the student's step counts."""
+
+    teacher_guidance: float | None = None  # CFG of the real score; None: the teacher card's default
+    critic_updates: int = 5  # critic steps per student step (two time-scale update rule)
+    critic_lr_scale: float = 1.0
+    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # step counts one checkpoint serves
+    sigma_min: float = 0.02  # noise levels where the two scores are compared
+    sigma_max: float = 0.98
+
+    def __post_init__(self) -> None:
+        if self.critic_updates < 1:
+            raise ConfigError("method_config.critic_updates must be >= 1")
+        if not self.student_steps or any(not isinstance(k, int) or k < 1 for k in self.student_steps):
+            raise ConfigError(f"method_config.student_steps must be a list of step counts >= 1, got {self.student_steps!r}")
+        if not 0 < self.sigma_min < self.sigma_max <= 1:
+            raise ConfigError("method_config needs 0 < sigma_min < sigma_max <= 1")
 
 
 def load_teacher(path: str | None, device: torch.device, method: str, modality: str = "image") -> Teacher:

@@ -21,7 +21,7 @@ weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge ac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,24 +39,13 @@ from trainer.worlds import shapes
 
 
 @dataclass
-class DMD2Config:
-    teacher_guidance: float | None = None  # CFG of the real score; None: the teacher card's default
-    critic_updates: int = 5  # critic steps per generator step (two time-scale update rule)
-    critic_lr_scale: float = 1.0
-    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # grids trained by backward simulation
-    sigma_min: float = 0.02  # noise levels where the two scores are compared
-    sigma_max: float = 0.98
+class DMD2Config(distill.CriticDistillConfig):
     gan_generator_weight: float = 0.0  # 0 turns the GAN head off
     gan_critic_weight: float = 0.0
     reward_beta: float = 0.0  # reward-weighted DMD; 0 = plain DMD2
 
     def __post_init__(self) -> None:
-        if self.critic_updates < 1:
-            raise ConfigError("method_config.critic_updates must be >= 1")
-        if not self.student_steps or any(not isinstance(k, int) or k < 1 for k in self.student_steps):
-            raise ConfigError(f"method_config.student_steps must be a list of step counts >= 1, got {self.student_steps!r}")
-        if not 0 < self.sigma_min < self.sigma_max <= 1:
-            raise ConfigError("method_config needs 0 < sigma_min < sigma_max <= 1")
+        super().__post_init__()
         if min(self.gan_generator_weight, self.gan_critic_weight, self.reward_beta) < 0:
             raise ConfigError("GAN weights and reward_beta must be >= 0")
 

@@ -18,7 +18,7 @@ choice measured by `bench video`, not a separate model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -35,13 +35,7 @@ from trainer.video_task import VideoMethod
 
 
 @dataclass
-class SelfForcingConfig:
-    teacher_guidance: float | None = None  # CFG of the real score; None: the teacher card's default
-    critic_updates: int = 5  # critic steps per student step (two time-scale update rule)
-    critic_lr_scale: float = 1.0
-    student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # steps per chunk trained
-    sigma_min: float = 0.02
-    sigma_max: float = 0.98
+class SelfForcingConfig(distill.CriticDistillConfig):
     frames: int = 16  # frames per rolled-out training clip
     interactive_fraction: float = 0.25
     # KV window during rollouts, in frames: shorter than the clip, so training rollouts evict frames
@@ -49,12 +43,7 @@ class SelfForcingConfig:
     train_window: int = 8
 
     def __post_init__(self) -> None:
-        if self.critic_updates < 1:
-            raise ConfigError("method_config.critic_updates must be >= 1")
-        if not self.student_steps or any(not isinstance(k, int) or k < 1 for k in self.student_steps):
-            raise ConfigError(f"method_config.student_steps must be a list of step counts >= 1, got {self.student_steps!r}")
-        if not 0 < self.sigma_min < self.sigma_max <= 1:
-            raise ConfigError("method_config needs 0 < sigma_min < sigma_max <= 1")
+        super().__post_init__()
         if self.frames < 1 or not 0 <= self.interactive_fraction <= 1:
             raise ConfigError("method_config needs frames >= 1 and 0 <= interactive_fraction <= 1")
         if self.train_window < 1:
