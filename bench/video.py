@@ -261,16 +261,15 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             registry.unload_all()
             if args.compiled and name == streamer and device.type == "cuda":
-                # the serving configuration of the model the summary is about: CUDA graphs at batch 1
-                # (quality re-measured through them)
+                # the serving configuration of the model the summary is about: CUDA graphs at batch 1, timed;
+                # quality shared with the eager row of the same steps (re-measured only where there is none)
                 compiled = registry.engine(name, "compiled")
                 for steps in sorted({1, card.default_steps}):
                     eager = next((r for r in rows if r["model"] == name and r["mode"] == "stream" and r["steps"] == steps), None)
                     rows.append(_row(compiled, card, steps, clips, batch, repeats, stream_frames, True, same_as=eager))
                 registry.unload_all()
-            write(rows, long_horizon, users)  # after each model: a run cut short keeps what it measured
+            json_path = write(rows, long_horizon, users)  # after each model: a run cut short keeps what it measured
 
-    json_path = write(rows, long_horizon, users)
     if args.update_cards:
         update_cards(registry, rows, summarise(rows, long_horizon, registry, args.match), long_horizon, json_path)
     return json.loads(json_path.read_text())
