@@ -620,6 +620,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         # Static shapes: the warm-up lengths are few and known, and a dynamic-shape graph (what torch.compile
         # switches to at the second length) compiles slower and still records a CUDA graph per length.
         compile_kwargs = {"dynamic": False, **compile_kwargs}
+        # one graph per (warm-up length, batch, CFG doubling): more than dynamo's default of 8 before it falls back to eager
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self._compiled = {
             True: torch.compile(type(self)._velocity_core, **compile_kwargs),
