@@ -34,6 +34,8 @@ class ModelCard:
     text_encoder: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     decoding: dict[str, Any] = field(default_factory=dict)  # text: the shipped decoder's settings and canvas
+    engine: str | None = None  # the engine that loads it, by registry name; None: the modality's own
+    pipeline: dict[str, Any] = field(default_factory=dict)  # a public diffusers pipeline: its class, LoRA path
 
     def __post_init__(self) -> None:
         where = f" in {self.path / CARD_FILE}" if self.path else ""
@@ -43,6 +45,8 @@ class ModelCard:
             raise CheckpointError(
                 f"card {self.id!r}{where} names modality {self.modality!r}; known modalities: {', '.join(MODALITIES)}"
             )
+        if self.engine is not None and (not isinstance(self.engine, str) or not self.engine):
+            raise CheckpointError(f"card {self.id!r}{where}: engine must be an engine name or null, got {self.engine!r}")
         if self.role not in ROLES:
             raise CheckpointError(f"card {self.id!r}{where} names role {self.role!r}; use teacher or student")
         for name in ("default_steps", "resolution"):
