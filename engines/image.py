@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,32 +169,56 @@ class ImageEngine:
     def velocity(self, x: torch.Tensor, t: torch.Tensor, emb: TextEmbedding, *guidance: float) -> torch.Tensor:
         return self._velocity(x, t, emb, *guidance)
 
-    @torch.no_grad()
     def stream(self, request: ImageRequest) -> Iterator[Result]:
-        if not isinstance(request, ImageRequest):
-            raise InvalidRequest(f"the image engine takes an ImageRequest, got {type(request).__name__}")
-        steps = request.steps or self.card.default_steps
-        guidance = self.card.default_guidance if request.guidance is None else request.guidance
-        seed = resolve_seed(request.seed)
+        for results in self.stream_many([request]):
+            yield results[0]
+
+    @torch.no_grad()
+    def stream_many(self, requests: Sequence[ImageRequest]) -> Iterator[list[Result]]:
+        """Many requests in one sampling call (the studio's dynamic batching), yielding at every step one
+        Result per request, in order. They must agree on steps and guidance once the card's defaults fill
+        them in; each keeps its own prompt and seeds (image i of a request from its seed + i), so its
+        images are the ones `stream` gives it alone, up to batched kernels' float rounding. Timings are
+        the whole call's: a request waits for the batch it runs in."""
+        if not requests:
+            raise InvalidRequest("stream_many needs at least one request")
+        for request in requests:
+            if not isinstance(request, ImageRequest):
+                raise InvalidRequest(f"the image engine takes an ImageRequest, got {type(request).__name__}")
+        settings = {
+            (r.steps or self.card.default_steps, self.card.default_guidance if r.guidance is None else r.guidance)
+            for r in requests
+        }
+        if len(settings) > 1:
+            raise InvalidRequest(
+                f"requests sampled together must share steps and guidance, got (steps, guidance) {sorted(settings)}"
+            )
+        steps, guidance = settings.pop()
+        seeds = [resolve_seed(r.seed) for r in requests]
         load_ms = 0.0 if self._first_call.is_set() else self.load_ms
         self._first_call.set()
 
         start = time.perf_counter()
-        cond = self.text_encoder.encode([request.prompt] * request.batch).to(self.device)
-        null = self.text_encoder.null(request.batch).to(self.device)
+        prompts = [r.prompt for r in requests for _ in range(r.batch)]
+        cond = self.text_encoder.encode(prompts).to(self.device)
+        null = self.text_encoder.null(len(prompts)).to(self.device)
         encode_ms = (time.perf_counter() - start) * 1000
 
         start = time.perf_counter()
         channels = int(self.denoiser.config.in_channels)
-        seeds = [seed + i for i in range(request.batch)]
-        noise, generators = initial_noise(seeds, (channels, self.resolution, self.resolution), self.device)
+        image_seeds = [seed + i for r, seed in zip(requests, seeds) for i in range(r.batch)]
+        noise, generators = initial_noise(image_seeds, (channels, self.resolution, self.resolution), self.device)
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         embedded = denoisers.embeds_guidance(self.denoiser)
+        ends = list(itertools.accumulate(r.batch for r in requests))
         for state in flow_match_sample(self.velocity, scheduler, noise, steps, cond, null, guidance, generators, embedded):
             final = state.step == state.total
             images = to_pil(state.x if final else state.x0)
             timings = Timings(load_ms, encode_ms, (time.perf_counter() - start) * 1000, state.nfe)
-            yield Result(images, seed, state.step, state.total, timings, final, self.card.id, self.backend)
+            yield [
+                Result(images[end - r.batch : end], seed, state.step, state.total, timings, final, self.card.id, self.backend)
+                for r, seed, end in zip(requests, seeds, ends)
+            ]
 
     def sample_prompts(
         self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None, batch_size: int = 64

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from studio import compare_tab, image_tab, models_tab, text_tab, video_tab
+from studio.batching import BatchSettings
 
 if TYPE_CHECKING:
     from engines.registry import Registry
@@ -38,6 +39,11 @@ class StudioSettings:
     checkpoints: list[str] = field(default_factory=list)  # extra checkpoint directories, besides checkpoints/
     max_batch: int = 8  # largest batch the Image tab offers and accepts
     gpu_concurrency: int = 1  # generations running at once, across every event that shares the GPU
+    # Dynamic batching of Image-tab requests (studio/batching.py): the oldest waiting request waits up to this long for
+    # others with the same model, backend, steps and guidance to join it in one batched call; 0 = off (each request
+    # samples alone in the shared `gpu` queue). Requests that queued while a batch ran join the next one at once.
+    batch_window_ms: float = BatchSettings.window_ms
+    max_batch_images: int = BatchSettings.max_images  # the most images one batched call samples (a larger request runs alone)
     video_streams: int = 4  # live video streams running at once (each user streams in a thread of its own)
     video_display_fps: float = 20.0  # the most frames a second the Video tab sends each viewer; newer frames win
     queue_size: int = 64  # waiting requests beyond which new ones are turned away
@@ -51,6 +57,19 @@ class StudioSettings:
     train_tab: bool = field(default_factory=lambda: _env_on("DISTILLERY_TRAIN_TAB"))
     train_secret: str | None = field(default_factory=lambda: os.environ.get("DISTILLERY_TRAIN_SECRET") or None)
     data_dir: str | None = None  # job store, runs and published students; None: $DISTILLERY_DATA_DIR or ~/.distillery
+
+    def __post_init__(self) -> None:
+        BatchSettings(self.batch_window_ms, self.max_batch_images)  # raises ValueError saying what is allowed
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_window_ms > 0
+
+    @property
+    def image_concurrency(self) -> int:
+        """Image-tab generations admitted at once: with batching, enough to fill a batch (they wait in the batcher,
+        which samples one batch at a time); without it, the shared GPU limit."""
+        return self.max_batch_images if self.batching else self.gpu_concurrency
 
 
 def build_registry(settings: StudioSettings) -> Registry:
@@ -107,6 +126,8 @@ def build_ui(registry: Registry, settings: StudioSettings | None = None) -> gr.B
 def launch(demo: gr.Blocks, settings: StudioSettings, **overrides):
     """Start the server with the studio's settings (and its CSS); `overrides` go to `Blocks.launch`."""
     options = dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS, show_error=True)
+    # Each running event holds one of Gradio's worker threads (40 by default), batched image requests while they wait too.
+    options["max_threads"] = max(40, settings.image_concurrency + settings.video_streams + 8)
     if settings.train_tab and settings.train_secret:
         secret = settings.train_secret
         # Any user name; the secret is the password, compared in constant time.

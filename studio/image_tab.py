@@ -2,11 +2,18 @@
 
 `ImageHandlers` holds the event functions (plain Python, tested directly); `build` lays out the widgets
 and wires them. Handlers raise `gr.Error` with the engine's own message for any bad input.
+
+With dynamic batching on (`StudioSettings.batch_window_ms` > 0), Generate events run concurrently (up to
+`max_batch_images` at once) and hand their requests to one `Batcher`, whose worker thread is the only
+place that samples: requests for the same model, backend, steps and guidance that arrive together run
+as one batched call, and each caller still sees its own preview at every step. Off, each request
+samples alone, one at a time in the `gpu` queue shared with the other tabs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +22,7 @@ import gradio as gr
 from engines.errors import CheckpointError, InvalidRequest
 from engines.image import BACKENDS
 from engines.requests import MAX_GUIDANCE, ImageRequest
+from studio.batching import Batched, Batcher, BatchSettings, Unbatchable
 from studio.errors import user_errors
 from studio.gpu import gpu
 from studio.imaging import grid, upscale
@@ -61,14 +69,24 @@ def guidance_info(card: ModelCard | None) -> str:
     return f"model default: {card.default_guidance:g}" if card else "no model selected"
 
 
-def timing_line(result: Result, card: ModelCard, device: str, batch: int) -> str:
+def timing_line(result: Result, card: ModelCard, device: str, batch: int, batched: Batched | None = None) -> str:
+    """The finished generation's facts. Batched, the run was shared: per image is the run over every image in it."""
     t = result.timings
-    return (
+    images = batched.images if batched else batch
+    line = (
         f"**seed** {result.seed} · **steps** {result.total_steps} · **NFE** {t.nfe} · "
-        f"**per image** {t.run_ms / batch:.1f} ms (batch {batch}, run {t.run_ms:.1f} ms) · "
+        f"**per image** {t.run_ms / images:.1f} ms (batch {batch}, run {t.run_ms:.1f} ms) · "
         f"**encode** {t.encode_ms:.1f} ms · **load** {t.load_ms:.0f} ms · "
         f"**model** `{result.model_id}` ({card.role}, {card.method}) · **device** {device} · **backend** {result.backend}"
     )
+    return line + (batch_note(batched) if batched else "")
+
+
+def batch_note(batched: Batched) -> str:
+    """How the request was served: alone or in a batch with others, and how long it queued."""
+    n = batched.others
+    shared = f"**batched with** {n} other{'s' * (n != 1)} ({batched.images} images)" if n else "**batched** alone"
+    return f" · {shared} · **queued** {batched.wait_ms:.0f} ms"
 
 
 class ImageHandlers:
@@ -84,7 +102,27 @@ class ImageHandlers:
             # Only the model id, backend and request cross into the GPU worker; the registry comes from the closure.
             yield from registry.engine(model_id, backend).stream(request)
 
+        def stream_batch(key: tuple, requests: list[ImageRequest]) -> Iterator[list[Result]]:
+            # The same, for a batch: key = (model id, backend, steps, guidance), all picklable. An engine without
+            # batched sampling (e.g. a public diffusers pipeline) serves its requests one at a time.
+            engine = registry.engine(key[0], key[1])
+            if hasattr(engine, "stream_many"):
+                yield from engine.stream_many(requests)
+            elif len(requests) == 1:
+                for result in engine.stream(requests[0]):
+                    yield [result]
+            else:
+                raise Unbatchable(f"{type(engine).__name__} samples one request at a time")
+
         self._stream = gpu(stream)
+        # ZeroGPU: the worker calls the wrapped `stream_batch`, so every batch still samples inside the decorated function
+        # (one GPU allocation per batch, not per request). That call comes from the worker thread, on behalf of every
+        # user in the batch, so ZeroGPU cannot charge it to one user's quota: a public ZeroGPU Space that relies on
+        # per-user quotas should run with batch_window_ms=0, which brings back one decorated call per request.
+        self.batcher: Batcher | None = None
+        if settings.batching:
+            batching = BatchSettings(settings.batch_window_ms, settings.max_batch_images)
+            self.batcher = Batcher(gpu(stream_batch), batching, name="image-batcher")
 
     def request(self, prompt, seed, steps, guidance, batch) -> ImageRequest:
         """Validate the widgets' values; the engine's rules first, then this studio's batch limit."""
@@ -101,7 +139,7 @@ class ImageHandlers:
             raise CheckpointError("no image model is selected; add a checkpoint directory and press refresh on the Models tab")
         card = self.registry.card(model_id)
         device, px = str(self.registry.device), self.settings.display_px
-        for result in self._stream(model_id, backend or "torch", request):
+        for result, batched in self._results(card, backend or "torch", request):
             shown = [upscale(image, px) for image in result.images]
             preview = grid(shown)
             if not result.final:
@@ -111,7 +149,21 @@ class ImageHandlers:
             captions = [f"seed {result.seed + i}" for i in range(len(shown))]
             size = "×".join(map(str, result.images[0].size))
             originals = [(image, f"{caption} · {size} px") for image, caption in zip(result.images, captions)]
-            yield preview, list(zip(shown, captions)), originals, timing_line(result, card, device, request.batch)
+            yield preview, list(zip(shown, captions)), originals, timing_line(result, card, device, request.batch, batched)
+
+    def _results(self, card: ModelCard, backend: str, request: ImageRequest) -> Iterator[tuple[Result, Batched | None]]:
+        """The engine's results for one request: through the batcher when batching is on, else directly."""
+        if self.batcher is None:
+            for result in self._stream(card.id, backend, request):
+                yield result, None
+            return
+        # Fill in the card's defaults first, so that "steps left empty" and "steps = the default" batch together.
+        steps = request.steps or card.default_steps
+        guidance = card.default_guidance if request.guidance is None else request.guidance
+        request = dataclasses.replace(request, steps=steps, guidance=guidance)
+        key: Hashable = (card.id, backend, steps, guidance)
+        for batched in self.batcher.stream(key, request, images=request.batch):
+            yield batched.result, batched
 
     def _select_model(self, model_id):
         """New defaults for steps and guidance when the model changes."""
@@ -193,9 +245,11 @@ def build(registry: Registry, settings: StudioSettings) -> ImageTab:
 
     inputs = [prompt, model, seed, steps, guidance, batch, backend]
     outputs = [preview, gallery, originals, info]
-    run = dict(
-        fn=handlers.generate, inputs=inputs, outputs=outputs, concurrency_limit=settings.gpu_concurrency, concurrency_id="gpu"
-    )
+    if handlers.batcher is None:
+        queue = dict(concurrency_limit=settings.gpu_concurrency, concurrency_id="gpu")
+    else:  # requests must reach the batcher together to be merged; its one worker still samples one batch at a time
+        queue = dict(concurrency_limit=settings.image_concurrency, concurrency_id="image-batch")
+    run = dict(fn=handlers.generate, inputs=inputs, outputs=outputs, **queue)
     button.click(api_name="generate", **run)
     prompt.submit(api_visibility="private", **run)
     dice.click(ImageHandlers.random_seed, outputs=seed, api_visibility="private", queue=False)
