@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = {"image": "bench.image", "text": "bench.text", "video": "bench.video"}
+SUITES = {
+    "image": "bench.image",
+    "text": "bench.text",
+    "video": "bench.video",
+    "serving": "bench.serving",
+    "load": "bench.load",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

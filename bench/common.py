@@ -65,8 +65,16 @@ def percentiles(times_ms: list[float]) -> dict[str, float]:
 
 
 def write_result(
-    suite: str, slug: str, device: str, rows: list[dict], summary: dict, extra: dict | None = None, out_dir: Path = RESULTS
+    suite: str,
+    slug: str,
+    device: str,
+    rows: list[dict],
+    summary: dict,
+    extra: dict | None = None,
+    out_dir: Path = RESULTS,
+    markdown: Callable[[dict], str] | None = None,
 ) -> tuple[Path, Path]:
+    """`<suite>-<slug>.json` and `.md`; `markdown` renders the table for suites whose rows are not per model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "suite": suite,
@@ -79,7 +87,7 @@ def write_result(
     json_path = out_dir / f"{suite}-{slug}.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     md_path = out_dir / f"{suite}-{slug}.md"
-    md_path.write_text(markdown_table(result))
+    md_path.write_text((markdown or markdown_table)(result))
     return json_path, md_path
 
 
