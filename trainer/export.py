@@ -200,7 +200,8 @@ def export_graph(spec: GraphSpec, directory: Path, opset: int) -> Path:
 
         model = onnx.load(str(path))
         for stale in directory.glob("*"):  # the exporter may have spilled tensors into many loose files
-            if stale.name != spec.name and not stale.name.endswith(".onnx") and stale.name != PARITY_FILE:
+            # (never a graph, another graph's external data or the parity report)
+            if not stale.name.endswith((".onnx", ".onnx.data")) and stale.name != PARITY_FILE:
                 stale.unlink()
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{spec.name}.data")
     return path
