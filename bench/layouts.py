@@ -162,3 +162,30 @@ def sana_sprint(scale: str, dtype: torch.dtype = torch.bfloat16) -> tuple[SanaTr
     )
     scheduler = SCMScheduler(num_train_timesteps=1000, prediction_type="trigflow", sigma_data=0.5)
     return transformer.to(dtype=dtype), vae.to(dtype=dtype), scheduler
+
+
+def sana_sprint_pipeline(scale: str, dtype: torch.dtype = torch.bfloat16):
+    """`sana_sprint` as a SanaSprintPipeline without its Gemma text encoder: callers pass cached caption
+    embeddings (`cached_caption_call`)."""
+    from diffusers import SanaSprintPipeline
+
+    transformer, vae, scheduler = sana_sprint(scale, dtype)
+    pipe = SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def cached_caption_call(embeds: torch.Tensor, px: int) -> dict:
+    """SanaSprintPipeline keyword arguments for one step at px x px from cached caption embeddings (B, T, C)."""
+    mask = torch.ones(embeds.shape[:2], device=embeds.device, dtype=torch.long)
+    return dict(
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask,
+        num_inference_steps=1,
+        intermediate_timesteps=None,  # SCM's intermediate step is for 2-step sampling only
+        guidance_scale=4.5,
+        height=px,
+        width=px,
+        output_type="pt",
+        use_resolution_binning=False,
+    )

@@ -169,30 +169,13 @@ def bench_sdturbo(device: torch.device, repeats: int) -> list[dict]:
 
 # ---------------------------------------------------------------- SANA-Sprint layout
 def bench_sana(device: torch.device, repeats: int) -> list[dict]:
-    from diffusers import SanaSprintPipeline
-
-    from bench.layouts import sana_sprint
+    from bench.layouts import cached_caption_call, sana_sprint_pipeline
     from engines.realtime import compile_pipeline_networks
 
     torch.manual_seed(0)
-    transformer, vae, scheduler = sana_sprint("real", dtype=torch.bfloat16)
-    pipe = SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = sana_sprint_pipeline("real", dtype=torch.bfloat16).to(device)
     # cached caption embeddings: Gemma-2-2B's 2304-wide states for SANA's 300-token caption window
-    embeds = torch.randn(1, 300, 2304, device=device, dtype=torch.bfloat16)
-    mask = torch.ones(1, 300, device=device, dtype=torch.long)
-    call = dict(
-        prompt_embeds=embeds,
-        prompt_attention_mask=mask,
-        num_inference_steps=1,
-        intermediate_timesteps=None,
-        guidance_scale=4.5,
-        height=1024,
-        width=1024,
-        output_type="pt",
-        use_resolution_binning=False,
-    )
+    call = cached_caption_call(torch.randn(1, 300, 2304, device=device, dtype=torch.bfloat16), 1024)
 
     def generate(i: int) -> torch.Tensor:
         images = pipe(generator=[torch.Generator().manual_seed(i)], **call).images

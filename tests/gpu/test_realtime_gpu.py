@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.layouts import sana_sprint, sd_turbo, tiny_autoencoder
+from bench.layouts import cached_caption_call, sana_sprint_pipeline, sd_turbo, tiny_autoencoder
 from engines.realtime import RealtimeSD, compile_pipeline_networks
 
 pytestmark = [
@@ -43,24 +43,9 @@ def test_compiled_realtime_matches_eager(tiny_decoder):
 
 
 def test_compiled_sana_sprint_pipeline_matches_eager():
-    from diffusers import SanaSprintPipeline
-
     torch.manual_seed(0)
-    transformer, vae, scheduler = sana_sprint("tiny", dtype=torch.bfloat16)
-    pipe = SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-    pipe = pipe.to("cuda")
-    pipe.set_progress_bar_config(disable=True)
-    embeds = torch.randn(1, 300, 16, device="cuda", dtype=torch.bfloat16)
-    call = dict(
-        prompt_embeds=embeds,
-        prompt_attention_mask=torch.ones(1, 300, device="cuda", dtype=torch.long),
-        num_inference_steps=1,
-        intermediate_timesteps=None,
-        height=128,
-        width=128,
-        output_type="pt",
-        use_resolution_binning=False,
-    )
+    pipe = sana_sprint_pipeline("tiny", dtype=torch.bfloat16).to("cuda")
+    call = cached_caption_call(torch.randn(1, 300, 16, device="cuda", dtype=torch.bfloat16), 128)
     want = pipe(generator=[torch.Generator().manual_seed(0)], **call).images.float().cpu()
     compile_pipeline_networks(pipe)
     for _ in range(3):  # compile, record, replay

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.layouts import sana_sprint, sd_turbo, tiny_autoencoder
+from bench.layouts import cached_caption_call, sana_sprint_pipeline, sd_turbo, tiny_autoencoder
 from engines.errors import BackendUnavailable, InvalidRequest
 from engines.realtime import PromptCache, RealtimeSD, compile_pipeline_networks
 
@@ -95,23 +95,9 @@ def test_compile_pipeline_networks_needs_a_denoiser_and_a_vae(pipe):
 
 
 def test_sana_sprint_layout_runs_one_step_with_cached_caption_embeddings():
-    from diffusers import SanaSprintPipeline
-
     torch.manual_seed(0)
-    transformer, vae, scheduler = sana_sprint("tiny", dtype=torch.float32)
-    pipe = SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    embeds, mask = torch.randn(1, 300, 16), torch.ones(1, 300, dtype=torch.long)
-    call = dict(
-        prompt_embeds=embeds,
-        prompt_attention_mask=mask,
-        num_inference_steps=1,
-        intermediate_timesteps=None,
-        height=128,
-        width=128,
-        output_type="pt",
-        use_resolution_binning=False,
-    )
+    pipe = sana_sprint_pipeline("tiny", dtype=torch.float32)
+    call = cached_caption_call(torch.randn(1, 300, 16), 128)
     images = pipe(generator=[torch.Generator().manual_seed(0)], **call).images
     assert images.shape == (1, 3, 128, 128)
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
