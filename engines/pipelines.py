@@ -16,6 +16,7 @@ refuses with BackendUnavailable (our exporter covers Distillery checkpoints only
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import importlib
@@ -30,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
 import torch
 
 from engines.base import collect
 from engines.card import ModelCard, read_json
 from engines.checkpoints import check_safetensors
 from engines.errors import BackendUnavailable, CheckpointError, InvalidRequest
+from engines.graphs import graph_worker
 from engines.requests import ImageRequest, resolve_seed
 from engines.results import Result, Timings
 
@@ -356,10 +359,10 @@ def _unavailable(message: str) -> Callable[[ModelCard, torch.device], Any]:
 
 
 def _load_compiled(card: ModelCard, device: torch.device):
-    """The eager pipeline with its denoiser and decoder compiled by torch.compile (inductor's fused kernels).
-    Default mode, not CUDA graphs: the engine runs the pipeline in worker threads, and CUDA graph trees are
-    recorded per thread. The fastest SD-class path (cached prompts, CUDA graphs, tiny decoder) is
-    engines/realtime.py's RealtimeSD, timed by `python -m bench serving`."""
+    """The pipeline for the compiled backend. SD-class pipelines stay eager here: the engine serves them
+    through engines/realtime.py's RealtimeSD (prompt cache, fused projections, CUDA graphs; timed by
+    `python -m bench serving`). Other families get their denoiser and decoder through torch.compile in its
+    default mode (fused kernels, no CUDA graphs: they keep the pipeline's own call, previews included)."""
     if device.type != "cuda":
         raise BackendUnavailable(
             "the compiled backend (torch.compile) runs on a CUDA GPU only: on CPU its compile time outweighs any gain; "
@@ -368,8 +371,15 @@ def _load_compiled(card: ModelCard, device: torch.device):
     from engines.realtime import compile_pipeline_networks
 
     pipe = _load_torch(card, device)
-    compile_pipeline_networks(pipe, mode="default")
+    if not _serves_realtime(pipe):
+        compile_pipeline_networks(pipe, mode="default")
     return pipe
+
+
+def _serves_realtime(pipe) -> bool:
+    """SD-class pipelines go through engines/realtime.py, unless they carry a safety checker, which that path
+    does not run (SD 1.x checkpoints): those keep the pipeline's own call, so flagged images stay blanked."""
+    return type(pipe).__name__ == "StableDiffusionPipeline" and getattr(pipe, "safety_checker", None) is None
 
 
 # backend -> loader(card, device) -> a ready pipeline.
@@ -441,7 +451,11 @@ def _watch(pipe, probe: _Probe) -> None:
 class PipelineEngine:
     """Thread-safe: one pipeline call at a time (a diffusers pipeline keeps per-call state on itself)."""
 
-    def __init__(self, card: ModelCard, pipe, device: torch.device, backend: str = "torch", load_ms: float = 0.0) -> None:
+    def __init__(
+        self, card: ModelCard, pipe, device: torch.device, backend: str = "torch", load_ms: float = 0.0, realtime=None
+    ) -> None:
+        """`realtime`: an engines.realtime.RealtimeSD over `pipe` to serve through (made, compiled, for the
+        compiled backend of SD-class pipelines; tests pass an eager one to check the path on CPU)."""
         check_backend(backend)
         if type(pipe).__name__ not in LAYOUTS:
             raise CheckpointError(
@@ -457,6 +471,19 @@ class PipelineEngine:
         self._lock = threading.Lock()
         self._first_call = threading.Event()
         _watch(pipe, self._probe)
+        # One long-lived worker thread runs every call; with CUDA graphs it is the process's graph thread
+        # (engines/graphs.py: torch keeps graph trees per thread), so previews stay live.
+        if realtime is None and backend == "compiled" and _serves_realtime(pipe):
+            from engines.realtime import RealtimeSD
+
+            realtime = RealtimeSD(pipe, compile=True)
+        self._realtime = realtime
+        self._own_worker = not (realtime is not None and realtime.compiled)
+        if self._own_worker:
+            self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pipeline-{card.id}")
+        else:
+            self._worker = graph_worker()
+            self._worker.submit(realtime.warm_up).result()  # compile and record now, not on a user's request
 
     @classmethod
     def from_card(cls, card: ModelCard, device: torch.device, text_encoder=None, backend: str = "torch") -> PipelineEngine:
@@ -470,6 +497,12 @@ class PipelineEngine:
     def resolution(self) -> int:
         return self.card.resolution
 
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
+        """Run `fn` on the engine's one worker thread (an unloaded engine says so, as `_call` does)."""
+        if self.pipe is None:
+            raise RuntimeError(f"engine {self.card.id!r} was unloaded; get it again from the registry")
+        return self._worker.submit(fn, *args)
+
     def _call(self, prompts: list[str], seeds: list[int], steps: int, guidance: float, **kwargs):
         """One pipeline call, image i from `torch.Generator().manual_seed(seeds[i])` (CPU generators: the same
         seed gives the same start on every device, as diffusers documents for reproducibility)."""
@@ -481,8 +514,10 @@ class PipelineEngine:
             prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators, **extra, **kwargs
         )
 
-    def _nfe(self, steps: int) -> int:
+    def _nfe(self, steps: int, guidance: float) -> int:
         # classifier-free guidance runs the network twice a step (batched); SANA-Sprint and FLUX embed guidance
+        if self._realtime is not None:
+            return steps * (2 if self._realtime.uses_cfg(guidance) else 1)
         return steps * (2 if getattr(self.pipe, "do_classifier_free_guidance", False) else 1)
 
     def _preview(self, latents: torch.Tensor):
@@ -505,15 +540,34 @@ class PipelineEngine:
             if stop.is_set():
                 pipe._interrupt = True  # diffusers' documented way to stop a pipeline from its callback
             elif i + 1 < steps:  # the last step's image is the pipeline's own final decode
-                out.put(("preview", i + 1, self._preview(tensors["latents"]), self._nfe(i + 1), self._probe.encode_ms))
+                out.put(("preview", i + 1, self._preview(tensors["latents"]), self._nfe(i + 1, guidance), self._probe.encode_ms))
             return {}
 
+        if self._realtime is not None:
+            return self._run_realtime(prompts, seeds, steps, guidance, out, stop)
         try:
             with self._lock:
                 self._probe.reset()
                 images = self._call(prompts, seeds, steps, guidance, callback_on_step_end=on_step).images
-                out.put(("final", steps, images, self._nfe(steps), self._probe.encode_ms))
+                out.put(("final", steps, images, self._nfe(steps, guidance), self._probe.encode_ms))
         except BaseException as err:  # handed to the consumer, which re-raises it in its own thread
+            out.put(("error", err))
+
+    def _run_realtime(self, prompts, seeds, steps: int, guidance: float, out: queue.SimpleQueue, stop) -> None:
+        """`_run` through RealtimeSD: the same messages; previews decode its clean estimate like `_preview`."""
+        realtime = self._realtime
+        try:
+            with self._lock, torch.no_grad():  # previews decode here, outside the generator's own no_grad
+                for step, value in realtime.stream(prompts, seeds, steps, guidance):
+                    if stop.is_set():
+                        return
+                    if step <= steps - 1:
+                        self._probe.estimate = value
+                        out.put(("preview", step, self._preview(value), self._nfe(step, guidance), realtime.encode_ms))
+                    elif step > steps:
+                        images = [PIL.Image.fromarray(a) for a in value.numpy()]
+                        out.put(("final", steps, images, self._nfe(steps, guidance), realtime.encode_ms))
+        except BaseException as err:
             out.put(("error", err))
 
     def stream(self, request: ImageRequest) -> Iterator[Result]:
@@ -552,9 +606,8 @@ class PipelineEngine:
 
         updates: queue.SimpleQueue = queue.SimpleQueue()
         stop = threading.Event()
-        worker = threading.Thread(target=self._run, args=(prompts, image_seeds, steps, guidance, updates, stop), daemon=True)
         start = time.perf_counter()
-        worker.start()
+        worker = self._submit(self._run, prompts, image_seeds, steps, guidance, updates, stop)
         try:
             while True:
                 kind, *item = updates.get()
@@ -571,7 +624,7 @@ class PipelineEngine:
                     return
         finally:
             stop.set()  # a consumer that stops early (closed generator) interrupts the remaining steps
-            worker.join()
+            worker.result()
 
     def generate(self, request: ImageRequest) -> Result:
         return collect(self.stream(request))
@@ -582,13 +635,24 @@ class PipelineEngine:
         """Final images (B, 3, H, W) in [-1, 1] for many prompts, image i from seeds[i] (what benchmarks need)."""
         steps = steps or self.card.default_steps
         guidance = self.card.default_guidance if guidance is None else guidance
-        chunks = []
-        with self._lock:
-            for i in range(0, len(prompts), batch_size):
-                images = self._call(prompts[i : i + batch_size], seeds[i : i + batch_size], steps, guidance, output_type="pt")
-                chunks.append(images.images * 2 - 1)
-        return torch.cat(chunks)
+
+        def run() -> torch.Tensor:
+            chunks = []
+            with self._lock:
+                for i in range(0, len(prompts), batch_size):
+                    chunk_prompts, chunk_seeds = prompts[i : i + batch_size], seeds[i : i + batch_size]
+                    if self._realtime is not None:
+                        images = self._realtime.generate(chunk_prompts, chunk_seeds, steps, guidance)
+                        chunks.append(images.permute(0, 3, 1, 2).float() / 127.5 - 1)
+                    else:
+                        images = self._call(chunk_prompts, chunk_seeds, steps, guidance, output_type="pt").images
+                        chunks.append(images * 2 - 1)
+            return torch.cat(chunks)
+
+        return self._submit(run).result()  # on the worker thread, where the CUDA graphs live
 
     def unload(self) -> None:
         with self._lock:
-            self.pipe = None
+            self.pipe = self._realtime = None
+        if self._own_worker:  # the graph thread is the process's, shared
+            self._worker.shutdown(wait=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from engines.errors import BackendUnavailable, InvalidRequest
+from engines.graphs import is_graph_thread, on_graph_thread
 
 COMPILE_MODE = "reduce-overhead"  # inductor kernels replayed as CUDA graphs; never max-autotune (minutes)
 
@@ -39,6 +41,7 @@ def compile_pipeline_networks(pipe, mode: str = COMPILE_MODE) -> None:
     for name in found:
         setattr(pipe, name, torch.compile(getattr(pipe, name), mode=mode))
     pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode)  # an instance attribute shadows the method
+    # With CUDA graphs (this function's default mode) call the pipeline through engines.graphs.on_graph_thread.
 
 
 class PromptCache:
@@ -82,6 +85,11 @@ class RealtimeSD:
             raise BackendUnavailable(
                 f"the real-time path runs Stable Diffusion-class pipelines (StableDiffusionPipeline), not {type(pipe).__name__}"
             )
+        if getattr(pipe, "safety_checker", None) is not None:
+            raise BackendUnavailable(
+                "this pipeline has a safety checker, which the real-time path does not run; serve it with its own call "
+                "(the pipeline engine's torch backend)"
+            )
         self.device = pipe.unet.device
         if compile and self.device.type != "cuda":
             raise BackendUnavailable("compiled real-time generation (torch.compile + CUDA graphs) needs a CUDA GPU")
@@ -89,6 +97,7 @@ class RealtimeSD:
         self.tiny_decoder = decoder is not None
         self.decoder = decoder if decoder is not None else pipe.vae
         self.cache = PromptCache(prompt_cache)
+        self.encode_ms = 0.0  # the last call's prompt encoding (cache lookups included)
         self.unet = pipe.unet
         self.decode = self._decode_eager
         if compile:
@@ -134,6 +143,7 @@ class RealtimeSD:
 
     def embed(self, prompts: list[str], cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(cond, uncond) embeddings for the prompts, each prompt encoded by the pipeline once and cached."""
+        start = time.perf_counter()
         conds, unconds = [], []
         for prompt in prompts:
             key = (prompt, cfg)
@@ -143,6 +153,7 @@ class RealtimeSD:
                 self.cache.put(key, found)
             conds.append(found[0])
             unconds.append(found[1])
+        self.encode_ms = (time.perf_counter() - start) * 1000
         return torch.cat(conds), (torch.cat(unconds) if cfg else None)
 
     def _decode_eager(self, latents: torch.Tensor) -> torch.Tensor:
@@ -159,9 +170,18 @@ class RealtimeSD:
         if steps < 1:
             raise InvalidRequest(f"steps must be >= 1, got {steps}")
 
-    @torch.no_grad()
     def stream(self, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield (step, latents) after every step, then (steps + 1, uint8 images on the CPU). Image i comes
+        """See `_stream`. Compiled, it runs on the process's CUDA-graph thread (engines/graphs.py): live when
+        called there (the pipeline engine does), else collected there and then yielded."""
+        if self.compiled and not is_graph_thread():
+            yield from on_graph_thread(lambda: list(self._stream(prompts, seeds, steps, guidance)))
+            return
+        yield from self._stream(prompts, seeds, steps, guidance)
+
+    @torch.no_grad()
+    def _stream(self, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield (step, clean-latent estimate) after every step — the scheduler's own estimate where it gives
+        one (Euler, LCM, DDIM), else the latents — then (steps + 1, uint8 images on the CPU). Image i comes
         from seeds[i] alone (one CPU generator per image, as the pipeline draws with a generator list)."""
         self._check(prompts, seeds, steps)
         pipe, cfg = self.pipe, self.uses_cfg(guidance)
@@ -188,8 +208,9 @@ class RealtimeSD:
             if cfg:
                 noise_uncond, noise_text = noise.chunk(2)
                 noise = noise_uncond + guidance * (noise_text - noise_uncond)
-            latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-            yield i + 1, latents
+            out = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)
+            latents = out[0]
+            yield i + 1, out[1] if len(out) > 1 and out[1] is not None else latents
         yield steps + 1, self.decode(latents).cpu()
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int = 1, guidance: float = 0.0) -> torch.Tensor:

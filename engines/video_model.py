@@ -39,6 +39,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from engines.graphs import on_graph_thread
+
 # Named overrides of VideoDiT's defaults (STYLE: presets are named dicts of overrides).
 PRESETS: dict[str, dict] = {
     "video-s": {},  # ~10 M parameters: the motion world's teacher and student
@@ -607,6 +609,9 @@ class VideoDiT(ModelMixin, ConfigMixin):
         # The compiled functions are unbound and take the model as an argument, so a deep copy (an EMA, a
         # critic initialised from the student) runs its own weights. Outputs are cloned: a CUDA-graph
         # replay reuses its output buffers, and the cache keeps the keys/values.
+        return on_graph_thread(self._compiled_chunk, decode, args, state)  # CUDA graphs live on one thread
+
+    def _compiled_chunk(self, decode: bool, args: tuple, state: tuple):
         out = self._compiled[decode](self, *args, *state)
         return out.clone() if decode else [(k.clone(), v.clone()) for k, v in out]
 

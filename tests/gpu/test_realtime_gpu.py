@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.layouts import cached_caption_call, sana_sprint_pipeline, sd_turbo, tiny_autoencoder
+from engines.graphs import on_graph_thread
 from engines.realtime import RealtimeSD, compile_pipeline_networks
 
 pytestmark = [
@@ -48,8 +49,8 @@ def test_compiled_sana_sprint_pipeline_matches_eager():
     call = cached_caption_call(torch.randn(1, 300, 16, device="cuda", dtype=torch.bfloat16), 128)
     want = pipe(generator=[torch.Generator().manual_seed(0)], **call).images.float().cpu()
     compile_pipeline_networks(pipe)
-    for _ in range(3):  # compile, record, replay
-        got = pipe(generator=[torch.Generator().manual_seed(0)], **call).images.float().cpu()
+    for _ in range(3):  # compile, record, replay: on the process's CUDA-graph thread, as every graphed call
+        got = on_graph_thread(lambda: pipe(generator=[torch.Generator().manual_seed(0)], **call).images.float().cpu())
     diff = float((got - want).abs().max())
     print(f"SANA-Sprint tiny: max |compiled - eager| = {diff:.4f}")
     assert got.shape == want.shape and np.isfinite(diff) and diff <= 0.05

@@ -665,3 +665,45 @@ def test_app_pairs_each_lora_with_the_model_before_it(built):
         app.parse_args(["--lora", str(built["lcm-lora"])])  # no model to apply it to
     with pytest.raises(SystemExit, match="--lora .*no LoRA directory at"):
         app.add_models(registry, app.parse_args(["--model", str(built["sd-base"]), "--lora", "/nonexistent/lora"]))
+
+
+# ------------------------------------------------------------------------------------------ the real-time path
+@pytest.mark.parametrize("model_id", ["sd-turbo", "sd-base"])
+def test_the_engines_realtime_path_gives_the_pipelines_images(registry, model_id):
+    """The compiled backend serves SD-class pipelines through engines/realtime.py (compiled on the GPU:
+    tests/gpu/test_pipelines_gpu.py). Here, eager on CPU, it must give the torch backend's images exactly,
+    previews at every step but the last, NFE with CFG, and the same sample_prompts."""
+    from engines.pipelines import _load_torch
+    from engines.realtime import RealtimeSD
+
+    card = registry.card(model_id)
+    pipe = _load_torch(card, torch.device("cpu"))
+    engine = PipelineEngine(card, pipe, torch.device("cpu"), backend="compiled", realtime=RealtimeSD(pipe))
+    reference_engine = registry.engine(model_id)
+    try:
+        for steps, guidance in ((1, 0.0), (3, 2.0)):
+            request = ImageRequest(PROMPT, seed=SEED, steps=steps, guidance=guidance, batch=2)
+            states, want = list(engine.stream(request)), reference_engine.generate(request)
+            assert [s.final for s in states] == [False] * (steps - 1) + [True]
+            assert states[-1].backend == "compiled" and states[-1].timings.nfe == want.timings.nfe
+            for got, expected in zip(states[-1].images, want.images):
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+        a = engine.sample_prompts([PROMPT, "a cross"], [1, 2], steps=2)
+        b = reference_engine.sample_prompts([PROMPT, "a cross"], [1, 2], steps=2)
+        assert a.shape == b.shape and float((a - b).abs().max()) <= 1 / 127.5 + 1e-6  # one uint8 level at most
+    finally:
+        engine.unload()
+    with pytest.raises(RuntimeError, match="was unloaded"):
+        engine.generate(ImageRequest(PROMPT, seed=SEED, steps=1))
+
+
+def test_a_pipeline_with_a_safety_checker_keeps_its_own_call(registry):
+    from engines.pipelines import _load_torch, _serves_realtime
+    from engines.realtime import RealtimeSD
+
+    pipe = _load_torch(registry.card("sd-turbo"), torch.device("cpu"))
+    assert _serves_realtime(pipe)
+    object.__setattr__(pipe, "safety_checker", object())  # as an SD 1.x checkpoint carries one
+    assert not _serves_realtime(pipe)
+    with pytest.raises(BackendUnavailable, match="safety checker, which the real-time path does not run"):
+        RealtimeSD(pipe)
