@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,8 +31,8 @@ from engines import denoisers
 from engines.base import collect
 from engines.card import ModelCard
 from engines.checkpoints import load_scheduler
-from engines.errors import BackendUnavailable, InvalidRequest
-from engines.requests import ImageRequest, resolve_seed
+from engines.errors import BackendUnavailable
+from engines.requests import ImageBatch, ImageRequest
 from engines.results import Result, Timings
 from engines.samplers import VelocityFn, flow_match_sample
 from engines.text_encoder import TextEmbedding, TextEncoder
@@ -180,44 +179,28 @@ class ImageEngine:
         them in; each keeps its own prompt and seeds (image i of a request from its seed + i), so its
         images are the ones `stream` gives it alone, up to batched kernels' float rounding. Timings are
         the whole call's: a request waits for the batch it runs in."""
-        if not requests:
-            raise InvalidRequest("stream_many needs at least one request")
-        for request in requests:
-            if not isinstance(request, ImageRequest):
-                raise InvalidRequest(f"the image engine takes an ImageRequest, got {type(request).__name__}")
-        settings = {
-            (r.steps or self.card.default_steps, self.card.default_guidance if r.guidance is None else r.guidance)
-            for r in requests
-        }
-        if len(settings) > 1:
-            raise InvalidRequest(
-                f"requests sampled together must share steps and guidance, got (steps, guidance) {sorted(settings)}"
-            )
-        steps, guidance = settings.pop()
-        seeds = [resolve_seed(r.seed) for r in requests]
+        batch = ImageBatch.of(requests, self.card.default_steps, self.card.default_guidance)
         load_ms = 0.0 if self._first_call.is_set() else self.load_ms
         self._first_call.set()
 
         start = time.perf_counter()
-        prompts = [r.prompt for r in requests for _ in range(r.batch)]
-        cond = self.text_encoder.encode(prompts).to(self.device)
-        null = self.text_encoder.null(len(prompts)).to(self.device)
+        cond = self.text_encoder.encode(batch.prompts).to(self.device)
+        null = self.text_encoder.null(len(batch.prompts)).to(self.device)
         encode_ms = (time.perf_counter() - start) * 1000
 
         start = time.perf_counter()
         channels = int(self.denoiser.config.in_channels)
-        image_seeds = [seed + i for r, seed in zip(requests, seeds) for i in range(r.batch)]
-        noise, generators = initial_noise(image_seeds, (channels, self.resolution, self.resolution), self.device)
+        noise, generators = initial_noise(batch.image_seeds, (channels, self.resolution, self.resolution), self.device)
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         embedded = denoisers.embeds_guidance(self.denoiser)
-        ends = list(itertools.accumulate(r.batch for r in requests))
+        steps, guidance = batch.steps, batch.guidance
         for state in flow_match_sample(self.velocity, scheduler, noise, steps, cond, null, guidance, generators, embedded):
             final = state.step == state.total
-            images = to_pil(state.x if final else state.x0)
+            images = batch.split(to_pil(state.x if final else state.x0))
             timings = Timings(load_ms, encode_ms, (time.perf_counter() - start) * 1000, state.nfe)
             yield [
-                Result(images[end - r.batch : end], seed, state.step, state.total, timings, final, self.card.id, self.backend)
-                for r, seed, end in zip(requests, seeds, ends)
+                Result(own, seed, state.step, state.total, timings, final, self.card.id, self.backend)
+                for own, seed in zip(images, batch.seeds)
             ]
 
     def sample_prompts(

@@ -21,7 +21,6 @@ import contextlib
 import functools
 import importlib
 import importlib.util
-import itertools
 import queue
 import re
 import threading
@@ -37,9 +36,9 @@ import torch
 from engines.base import collect
 from engines.card import ModelCard, read_json
 from engines.checkpoints import check_safetensors
-from engines.errors import BackendUnavailable, CheckpointError, InvalidRequest
+from engines.errors import BackendUnavailable, CheckpointError
 from engines.graphs import graph_worker
-from engines.requests import ImageRequest, resolve_seed
+from engines.requests import ImageBatch, ImageRequest
 from engines.results import Result, Timings
 
 ENGINE_NAME = "pipeline"  # a card's `engine` value that routes it here (see engines/registry.py)
@@ -576,38 +575,18 @@ class PipelineEngine:
             for results in many:
                 yield results[0]
 
-    def _settings(self, requests: Sequence[ImageRequest]) -> tuple[int, float]:
-        """The (steps, guidance) that every request shares once the card's defaults fill them in."""
-        if not requests:
-            raise InvalidRequest("stream_many needs at least one request")
-        for request in requests:
-            if not isinstance(request, ImageRequest):
-                raise InvalidRequest(f"the image engine takes an ImageRequest, got {type(request).__name__}")
-        card = self.card
-        settings = {
-            (r.steps or card.default_steps, card.default_guidance if r.guidance is None else r.guidance) for r in requests
-        }
-        if len(settings) > 1:
-            raise InvalidRequest(
-                f"requests sampled together must share steps and guidance, got (steps, guidance) {sorted(settings)}"
-            )
-        return settings.pop()
-
     def stream_many(self, requests: Sequence[ImageRequest]) -> Iterator[list[Result]]:
         """Many requests in one pipeline call (the studio's dynamic batching), yielding at every step one Result
         per request, in order. Each keeps its prompt and seeds (image i of a request from its seed + i)."""
-        steps, guidance = self._settings(requests)
-        seeds = [resolve_seed(r.seed) for r in requests]
-        prompts = [r.prompt for r in requests for _ in range(r.batch)]
-        image_seeds = [seed + i for r, seed in zip(requests, seeds) for i in range(r.batch)]
-        ends = list(itertools.accumulate(r.batch for r in requests))
+        batch = ImageBatch.of(requests, self.card.default_steps, self.card.default_guidance)
+        steps = batch.steps
         load_ms = 0.0 if self._first_call.is_set() else self.load_ms
         self._first_call.set()
 
         updates: queue.SimpleQueue = queue.SimpleQueue()
         stop = threading.Event()
         start = time.perf_counter()
-        worker = self._submit(self._run, prompts, image_seeds, steps, guidance, updates, stop)
+        worker = self._submit(self._run, batch.prompts, batch.image_seeds, steps, batch.guidance, updates, stop)
         try:
             while True:
                 kind, *item = updates.get()
@@ -617,8 +596,8 @@ class PipelineEngine:
                 timings = Timings(load_ms, encode_ms, (time.perf_counter() - start) * 1000 - encode_ms, nfe)
                 final = kind == "final"
                 yield [
-                    Result(images[end - r.batch : end], seed, step, steps, timings, final, self.card.id, self.backend)
-                    for r, seed, end in zip(requests, seeds, ends)
+                    Result(own, seed, step, steps, timings, final, self.card.id, self.backend)
+                    for own, seed in zip(batch.split(images), batch.seeds)
                 ]
                 if final:
                     return

@@ -80,6 +80,46 @@ class ImageRequest:
         object.__setattr__(self, "batch", as_int("batch", self.batch, 1, MAX_BATCH))
 
 
+@dataclass(frozen=True)
+class ImageBatch:
+    """Several image requests sampled as one call (the studio's dynamic batching): the steps and guidance they
+    share once a model's defaults fill them in, and every image's prompt and seed (image i of a request from its
+    seed + i, so it is the image that request gets alone)."""
+
+    steps: int
+    guidance: float
+    seeds: list[int]  # one per request (resolved)
+    prompts: list[str]  # one per image
+    image_seeds: list[int]  # one per image
+    sizes: list[int]  # images per request
+
+    @classmethod
+    def of(cls, requests, default_steps: int, default_guidance: float) -> ImageBatch:
+        if not requests:
+            raise InvalidRequest("a batch needs at least one request")
+        for request in requests:
+            if not isinstance(request, ImageRequest):
+                raise InvalidRequest(f"the image engine takes an ImageRequest, got {type(request).__name__}")
+        settings = {(r.steps or default_steps, default_guidance if r.guidance is None else r.guidance) for r in requests}
+        if len(settings) > 1:
+            raise InvalidRequest(
+                f"requests sampled together must share steps and guidance, got (steps, guidance) {sorted(settings)}"
+            )
+        steps, guidance = settings.pop()
+        seeds = [resolve_seed(r.seed) for r in requests]
+        prompts = [r.prompt for r in requests for _ in range(r.batch)]
+        image_seeds = [seed + i for r, seed in zip(requests, seeds) for i in range(r.batch)]
+        return cls(steps, guidance, seeds, prompts, image_seeds, [r.batch for r in requests])
+
+    def split(self, images: list) -> list[list]:
+        """The batch's images (one per image seed), back to their requests."""
+        out, start = [], 0
+        for size in self.sizes:
+            out.append(images[start : start + size])
+            start += size
+        return out
+
+
 MAX_GEN_LENGTH = 1024
 REMASKING = ("low_confidence", "random")
 

@@ -56,3 +56,19 @@ def test_requests_are_frozen():
     r = ImageRequest("a red circle")
     with pytest.raises(AttributeError):
         r.steps = 3
+
+
+def test_an_image_batch_keeps_each_requests_prompt_seeds_and_images():
+    from engines.requests import ImageBatch
+
+    requests = [ImageRequest("a red ball", seed=10, batch=2), ImageRequest("a cross", seed=3, steps=4)]
+    batch = ImageBatch.of(requests, default_steps=4, default_guidance=1.5)
+    assert (batch.steps, batch.guidance, batch.seeds) == (4, 1.5, [10, 3])
+    assert batch.prompts == ["a red ball", "a red ball", "a cross"] and batch.image_seeds == [10, 11, 3]
+    assert batch.split(["a", "b", "c"]) == [["a", "b"], ["c"]]
+    with pytest.raises(InvalidRequest, match="at least one request"):
+        ImageBatch.of([], 4, 1.5)
+    with pytest.raises(InvalidRequest, match="must share steps and guidance"):
+        ImageBatch.of([*requests, ImageRequest("x", steps=2)], 4, 1.5)
+    with pytest.raises(InvalidRequest, match="takes an ImageRequest"):
+        ImageBatch.of(["a red ball"], 4, 1.5)
