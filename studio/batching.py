@@ -11,9 +11,7 @@ How a batch forms: the worker takes the oldest waiting request (so no request st
 waiting request with the same key (model id, backend, steps, guidance), oldest first, until the batch
 holds `max_images` images or `window_ms` has passed since that oldest request arrived. Requests that
 queued while the previous batch ran are therefore merged at once, without waiting again. A request
-larger than `max_images` runs alone. `window_ms` = 0 turns merging off (one request per batch). A batch
-function that cannot merge some key's requests (an engine without batched sampling) raises `Unbatchable`
-before its first result: those requests then run one by one, and that key is never merged again.
+larger than `max_images` runs alone. `window_ms` = 0 turns merging off (one request per batch).
 """
 
 from __future__ import annotations
@@ -34,10 +32,6 @@ _ALIVE_CHECK_S = 1.0  # how often a waiting caller checks that the worker thread
 
 # run_batch(key, requests) -> an iterator that yields, at every step, one result per request (in order)
 BatchFn = Callable[[Hashable, list[Any]], Iterator[Sequence[Any]]]
-
-
-class Unbatchable(Exception):
-    """Raised by a batch function, before its first result, when its requests cannot share one call."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +118,6 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._solo_keys: set[Hashable] = set()  # keys whose batch function raised Unbatchable
         self.batches = 0  # batched calls run so far (for tests and logs)
 
     # ------------------------------------------------------------------ callers
@@ -185,7 +178,7 @@ class Batcher:
             while True:
                 batch = self._compatible(leader)
                 remaining = deadline - time.monotonic()
-                full = sum(t.images for t in batch) >= self.settings.max_images or leader.key in self._solo_keys
+                full = sum(t.images for t in batch) >= self.settings.max_images
                 if full or window_s == 0 or remaining <= 0 or self._closed:
                     break
                 self._cond.wait(remaining)  # woken by each new request, to check the bound
@@ -195,7 +188,7 @@ class Batcher:
 
     def _compatible(self, leader: Ticket) -> list[Ticket]:
         """The leader plus waiting requests with its key, oldest first, within the image bound."""
-        if self.settings.window_ms == 0 or leader.key in self._solo_keys:
+        if self.settings.window_ms == 0:
             return [leader]
         batch, images = [leader], leader.images
         for ticket in self._pending[1:]:
@@ -214,11 +207,9 @@ class Batcher:
         waits = [(started - t.submitted) * 1000 for t in live]
         self.batches += 1
         results = None
-        first = True
         try:
             results = self.run_batch(live[0].key, [t.request for t in live])
             for step in results:
-                first = False
                 if len(step) != len(live):
                     raise RuntimeError(f"a batched call returned {len(step)} results for {len(live)} requests")
                 for ticket, result, wait in zip(live, step, waits):
@@ -226,17 +217,6 @@ class Batcher:
                 if all(t.cancelled for t in live):  # everyone left: stop sampling for nobody
                     log.info("%s: every caller of a batch of %d left; stopped it", self.name, len(live))
                     break
-        except Unbatchable as err:
-            if first and len(live) > 1:
-                log.info("%s: %s; running these requests one at a time from now on", self.name, err)
-                with self._cond:
-                    self._solo_keys.add(live[0].key)
-                for ticket in live:
-                    self._run([ticket])
-                return
-            for ticket in live:  # one request alone cannot be split further: a plain failure
-                ticket.finish(_own_copy(err))
-            return
         except Exception as err:  # noqa: BLE001 - any failure goes to this batch's callers, never kills the worker
             log.info("%s: a batch of %d request(s) failed: %s: %s", self.name, len(live), type(err).__name__, err)
             for ticket in live:

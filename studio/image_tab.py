@@ -22,7 +22,7 @@ import gradio as gr
 from engines.errors import CheckpointError, InvalidRequest
 from engines.image import BACKENDS
 from engines.requests import MAX_GUIDANCE, ImageRequest
-from studio.batching import Batched, Batcher, BatchSettings, Unbatchable
+from studio.batching import Batched, Batcher, BatchSettings
 from studio.errors import user_errors
 from studio.gpu import gpu
 from studio.imaging import grid, upscale
@@ -103,16 +103,9 @@ class ImageHandlers:
             yield from registry.engine(model_id, backend).stream(request)
 
         def stream_batch(key: tuple, requests: list[ImageRequest]) -> Iterator[list[Result]]:
-            # The same, for a batch: key = (model id, backend, steps, guidance), all picklable. An engine without
-            # batched sampling (e.g. a public diffusers pipeline) serves its requests one at a time.
-            engine = registry.engine(key[0], key[1])
-            if hasattr(engine, "stream_many"):
-                yield from engine.stream_many(requests)
-            elif len(requests) == 1:
-                for result in engine.stream(requests[0]):
-                    yield [result]
-            else:
-                raise Unbatchable(f"{type(engine).__name__} samples one request at a time")
+            # The same, for a batch: key = (model id, backend, steps, guidance), all picklable. Every image engine
+            # (ours and public pipelines) samples many requests in one call.
+            yield from registry.engine(key[0], key[1]).stream_many(requests)
 
         self._stream = gpu(stream)
         # ZeroGPU: the worker calls the wrapped `stream_batch`, so every batch still samples inside the decorated function

@@ -11,7 +11,7 @@ import pytest
 from engines.errors import InvalidRequest
 from engines.requests import ImageRequest
 from studio.app import StudioSettings, build_ui
-from studio.batching import MAX_WINDOW_MS, Batcher, BatchSettings, Unbatchable
+from studio.batching import MAX_WINDOW_MS, Batcher, BatchSettings
 from studio.image_tab import ImageHandlers
 
 MODEL = "tiny-cpu"
@@ -134,26 +134,6 @@ def test_a_batch_function_returning_the_wrong_count_fails_that_batch():
     batcher = Batcher(lambda key, requests: iter([[1]]), BatchSettings(window_ms=200, max_images=2))
     outs = call_together([lambda i=i: collect(batcher, "k", i) for i in range(2)])
     assert all(isinstance(out, RuntimeError) and "returned 1 results for 2 requests" in str(out) for out in outs)
-    batcher.close()
-
-
-def test_an_engine_that_cannot_batch_serves_its_requests_one_at_a_time():
-    calls: list[list] = []
-
-    def one_at_a_time(key, requests):
-        calls.append(list(requests))
-        if len(requests) > 1:
-            raise Unbatchable("this engine samples one request at a time")
-        yield [(requests[0], 1)]
-
-    batcher = Batcher(one_at_a_time, BatchSettings(window_ms=MAX_WINDOW_MS, max_images=3))
-    outs = call_together([lambda i=i: collect(batcher, "k", i) for i in range(3)])
-    assert [[item.result for item in items] for items in outs] == [[(i, 1)] for i in range(3)]
-    assert [len(c) for c in calls] == [3, 1, 1, 1]  # one refused merge, then never again for this key
-    calls.clear()
-    start = time.monotonic()
-    call_together([lambda i=i: collect(batcher, "k", i) for i in range(3)])
-    assert [len(c) for c in calls] == [1, 1, 1] and time.monotonic() - start < 0.9  # not waiting out the window
     batcher.close()
 
 
