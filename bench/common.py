@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -37,6 +38,13 @@ def model_names(args, registry: Registry, modality: str) -> list[str]:
     return [m for m in args.models.split(",") if m] or [c.id for c in registry.cards(modality)]
 
 
+def free_port() -> int:
+    """A TCP port free on localhost now (for a studio a suite or a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -60,8 +68,8 @@ def time_calls(fn: Callable[[int], Any], device, warmup: int, repeats: int) -> l
     return times
 
 
-def percentiles(times_ms: list[float]) -> dict[str, float]:
-    return {"latency_ms_p50": float(np.percentile(times_ms, 50)), "latency_ms_p90": float(np.percentile(times_ms, 90))}
+def percentiles(times_ms: list[float], levels: tuple[int, ...] = (50, 90)) -> dict[str, float]:
+    return {f"latency_ms_p{q}": float(np.percentile(times_ms, q)) for q in levels}
 
 
 def write_result(

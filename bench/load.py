@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, write_result
+from bench.common import RESULTS, free_port, percentiles, write_result
 from engines.devices import device_name, device_slug, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,12 +158,6 @@ PRINTED = (
 
 
 # ---------------------------------------------------------------------------- the studio under test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -318,9 +311,7 @@ class Level:
             "requests": len(self.outcomes),
             "failures": len(self.outcomes) - len(ok),
             "errors": sorted({o.error for o in self.outcomes if o.error})[:5],
-            "latency_ms_p50": float(np.percentile(latencies, 50)),
-            "latency_ms_p90": float(np.percentile(latencies, 90)),
-            "latency_ms_p99": float(np.percentile(latencies, 99)),
+            **percentiles(latencies, (50, 90, 99)),
             "throughput_per_s": sum(self.images) / sum(self.walls_s),
             "throughput_unit": "img/s",
             "throughput_per_round": [round(n / wall, 2) for n, wall in zip(self.images, self.walls_s)],

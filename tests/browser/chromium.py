@@ -2,10 +2,11 @@
 headless flags, a free port, and a page opened on a studio URL."""
 
 import contextlib
-import socket
 from pathlib import Path
 
 import pytest
+
+from bench.common import free_port  # noqa: F401 - the browser tests take it from here
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -19,12 +20,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

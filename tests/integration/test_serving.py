@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench.load import free_port
+from bench.common import free_port
 
 MODEL = "tiny-cpu"
 CLIENTS = 4
