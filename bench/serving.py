@@ -31,6 +31,7 @@ from bench.common import add_model_args, bench_registry, percentiles, time_calls
 from engines.devices import device_name, device_slug, empty_cache, synchronize
 from engines.errors import DistilleryError
 from engines.graphs import on_graph_thread
+from engines.heap import gc_pauses
 from engines.requests import ImageRequest
 
 SECTIONS = ("sdturbo", "sana", "student")
@@ -135,13 +136,31 @@ def bench_sdturbo(device: torch.device, repeats: int) -> list[dict]:
     )
     fast, compile_s = compiled(lambda: RealtimeSD(pipe, decoder=taesd, compile=True, prompt_cache=16), lambda rt: rt.warm_up())
     fast.generate([prompt], [0])  # the prompt is cached before timing: the live-prompt case
+    with gc_pauses() as pauses:  # the tail's suspect: full collections over compile's objects (engines/heap.py)
+        times = time_calls(lambda i: fast.generate([prompt], [i]), device, 3, max(repeats, 200))
     rows.append(
         latency_row(
             section,
             "ours compiled real-time (cached prompt + tiny AE)",
-            time_calls(lambda i: fast.generate([prompt], [i]), device, 3, max(repeats, 200)),
+            times,
             backend="compiled",
             compile_s=compile_s,
+            max_ms=max(times),
+            calls_under_100_img_per_s=sum(t > 10.0 for t in times),
+            **pauses.as_dict(),
+        )
+    )
+    # The same loop run on the graph thread itself: no hand-over per call. If its tail matches the row above,
+    # the tail is the host's (the eager rows' p99 shows how noisy it is), not engines/graphs.py's.
+    times = on_graph_thread(time_calls, lambda i: fast.generate([prompt], [i]), device, 3, max(repeats, 200))
+    rows.append(
+        latency_row(
+            section,
+            "ours compiled real-time, timed on the graph thread (no hand-over)",
+            times,
+            backend="compiled",
+            max_ms=max(times),
+            calls_under_100_img_per_s=sum(t > 10.0 for t in times),
         )
     )
 
@@ -309,7 +328,7 @@ def summarise(rows: list[dict]) -> dict:
         "sana_sprint_1024_ms": p50("ours: the same pipeline with compiled"),
         "sana_sprint_1024_eager_ms": p50("diffusers SanaSprintPipeline"),
     }
-    realtime = next((r for n, r in by_name.items() if n.startswith("ours compiled real-time")), None)
+    realtime = by_name.get("ours compiled real-time (cached prompt + tiny AE)")
     summary["sdturbo_realtime_img_per_s"] = realtime["images_per_s_p50"] if realtime else None
     summary["sdturbo_realtime_img_per_s_at_p99"] = realtime["images_per_s_p99"] if realtime else None
     if summary["sdturbo_diffusers_ms"] and summary["sdturbo_compiled_ms"]:
@@ -318,6 +337,9 @@ def summarise(rows: list[dict]) -> dict:
     if realtime:
         summary["target_realtime_120_img_per_s"] = realtime["images_per_s_p50"] >= 120
         summary["target_realtime_never_under_100"] = realtime["images_per_s_p99"] >= 100
+        for key in ("max_ms", "calls_under_100_img_per_s", "gc_max_ms"):  # the tail, call by call
+            if key in realtime:
+                summary[f"sdturbo_realtime_{key}"] = realtime[key]
     if summary["sana_sprint_1024_ms"]:
         summary["target_sana_50_ms"] = summary["sana_sprint_1024_ms"] <= 50
     students = [r for r in rows if r["section"] == "student" and "latency_ms_p50" in r]
