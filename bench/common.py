@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,44 @@ def time_calls(fn: Callable[[int], Any], device, warmup: int, repeats: int) -> l
         synchronize(device)
         times.append((time.perf_counter() - start) * 1000)
     return times
+
+
+@dataclass
+class GcPauses:
+    """Collections seen while a block ran: count per generation, total and longest pause in ms."""
+
+    collections: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0, 2: 0})
+    total_ms: float = 0.0
+    max_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "gc_collections": {f"gen{g}": n for g, n in self.collections.items()},
+            "gc_total_ms": self.total_ms,
+            "gc_max_ms": self.max_ms,
+        }
+
+
+@contextmanager
+def gc_pauses() -> Iterator[GcPauses]:
+    """The cyclic garbage collector's pauses in this block (all threads: it runs in whichever one allocates),
+    so a latency tail can be told apart from collection pauses."""
+    pauses, started = GcPauses(), {}
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+        elif "t" in started:
+            ms = (time.perf_counter() - started.pop("t")) * 1000
+            pauses.collections[info["generation"]] = pauses.collections.get(info["generation"], 0) + 1
+            pauses.total_ms += ms
+            pauses.max_ms = max(pauses.max_ms, ms)
+
+    gc.callbacks.append(callback)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(callback)
 
 
 def percentiles(times_ms: list[float], levels: tuple[int, ...] = (50, 90)) -> dict[str, float]:

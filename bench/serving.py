@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import add_model_args, bench_registry, percentiles, time_calls, write_result
+from bench.common import add_model_args, bench_registry, gc_pauses, percentiles, time_calls, write_result
 from engines.devices import device_name, device_slug, empty_cache, synchronize
 from engines.errors import DistilleryError
 from engines.graphs import on_graph_thread
-from engines.heap import gc_pauses
 from engines.requests import ImageRequest
 
 SECTIONS = ("sdturbo", "sana", "student")
@@ -136,7 +135,7 @@ def bench_sdturbo(device: torch.device, repeats: int) -> list[dict]:
     )
     fast, compile_s = compiled(lambda: RealtimeSD(pipe, decoder=taesd, compile=True, prompt_cache=16), lambda rt: rt.warm_up())
     fast.generate([prompt], [0])  # the prompt is cached before timing: the live-prompt case
-    with gc_pauses() as pauses:  # the tail's suspect: full collections over compile's objects (engines/heap.py)
+    with gc_pauses() as pauses:  # a tail suspect: collector pauses (none were seen on the H100)
         times = time_calls(lambda i: fast.generate([prompt], [i]), device, 3, max(repeats, 200))
     rows.append(
         latency_row(

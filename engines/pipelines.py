@@ -38,7 +38,6 @@ from engines.card import ModelCard, read_json
 from engines.checkpoints import check_safetensors
 from engines.errors import BackendUnavailable, CheckpointError
 from engines.graphs import graph_worker
-from engines.heap import thaw_heap
 from engines.requests import ImageBatch, ImageRequest
 from engines.results import Result, Timings
 
@@ -633,9 +632,6 @@ class PipelineEngine:
 
     def unload(self) -> None:
         with self._lock:
-            froze = self._realtime is not None and self._realtime.compiled
             self.pipe = self._realtime = None
-        if froze:
-            thaw_heap()  # its warm-up froze the heap; let the collector see the engine's objects again
         if self._own_worker:  # the graph thread is the process's, shared
             self._worker.shutdown(wait=False)

@@ -26,7 +26,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from engines.errors import BackendUnavailable, InvalidRequest
 from engines.graphs import is_graph_thread, on_graph_thread
-from engines.heap import freeze_heap
 
 COMPILE_MODE = "reduce-overhead"  # inductor kernels replayed as CUDA graphs; never max-autotune (minutes)
 
@@ -224,5 +223,3 @@ class RealtimeSD:
         (twice: CUDA graphs record on the second call of a shape)."""
         for _ in range(3):
             self.generate([f"warm-up {i}" for i in range(batch)], list(range(batch)), steps, guidance)
-        if self.compiled:
-            freeze_heap()  # compile's long-lived objects out of every later full collection (engines/heap.py)

@@ -76,6 +76,38 @@ def test_dscd_teacher_masks_are_subsets_of_the_student_masks():
     assert m_t[:, 5:].float().mean().item() == pytest.approx(0.25, abs=0.02)
 
 
+def test_block_structured_pairs_look_like_the_semi_autoregressive_decoders_states():
+    """Every row: blocks before some block k clean for both models, blocks after it masked for both, the
+    ratios inside block k; M_T still a subset of M_S and the prompt never masked."""
+    args = CD4LMConfig(min_student_ratio=0.5, max_student_ratio=0.5, min_teacher_fraction=0.5, max_teacher_fraction=0.5)
+    args.block_fraction = 1.0
+    prompt, block, blocks = 5, 4, 3
+    m_s, m_t = paired_masks(3000, prompt + block * blocks, prompt, args, torch.Generator().manual_seed(0), "cpu", block)
+    assert not (m_t & ~m_s).any() and not m_s[:, :prompt].any()
+    per_block = m_s[:, prompt:].view(-1, blocks, block)
+    clean, full = ~per_block.any(-1), per_block.all(-1)
+    first_masked = (~clean).float().argmax(-1)  # the current block (or the next, when the draw left it clean)
+    later = (torch.arange(blocks).view(1, -1) > first_masked.view(-1, 1)) & ~clean.all(-1, keepdim=True)
+    assert (full | ~later).all()  # after the current block: all masked, for the student and the teacher alike
+    assert (m_t[:, prompt:].view(-1, blocks, block).all(-1) | ~later).all()
+    inside = per_block.float().mean(-1).gather(1, first_masked.view(-1, 1))
+    assert ((inside > 0) & (inside < 1)).float().mean().item() > 0.5  # the current block is usually part masked
+    counts = torch.bincount(first_masked[~clean.all(-1)], minlength=blocks)
+    assert counts.min().item() > 0.2 * counts.sum().item()  # every block is the current one about equally often
+
+
+def test_no_block_pairs_means_the_old_masks_exactly():
+    args = CD4LMConfig()
+    plain = paired_masks(64, 20, 5, args, torch.Generator().manual_seed(3), "cpu")
+    with_length = paired_masks(64, 20, 5, args, torch.Generator().manual_seed(3), "cpu", block_length=5)
+    assert all(torch.equal(a, b) for a, b in zip(plain, with_length))
+
+
+def test_block_fraction_outside_0_1_is_refused():
+    with pytest.raises(ConfigError, match="block_fraction"):
+        CD4LMConfig(block_fraction=1.5).check()
+
+
 def test_mdlm_loss_of_a_know_nothing_model_is_log_vocab(text_models, monkeypatch):
     """With uniform logits every masked token costs log V; the 1/t weight makes the expectation exactly log V."""
     from trainer.methods.mdlm import MDLM
@@ -230,6 +262,40 @@ def test_bench_text_writes_results_summary_and_plots(text_models, tmp_path):
     for name in ("text-cpu.json", "text-cpu.md", "text-cpu-accuracy-vs-nfe.png", "text-cpu-accuracy-vs-latency.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "threshold-0.9+cache" in (tmp_path / "text-cpu.md").read_text()
+
+
+def _row(model, role, decoder, accuracy, ms, nfe, steps=None):
+    return {
+        "model": model,
+        "role": role,
+        "decoder": decoder,
+        "quality": {"overall": accuracy},
+        "latency_ms_p50": ms,
+        "nfe": nfe,
+        "threshold": None if steps else 0.9,
+        "steps": steps or "adaptive@0.9",
+        "gen_length": 48,
+    }
+
+
+def test_bench_text_summary_says_whether_the_student_is_clearly_ahead_of_training_free():
+    from bench.text import summarise
+
+    teacher = [_row("t", "teacher", "fixed-48", 0.94, 240.0, 48, steps=48), _row("t", "teacher", "thr", 0.935, 12.0, 2.2)]
+    ahead = summarise(teacher + [_row("s", "student", "thr", 0.94, 9.0, 1.6), _row("s", "student", "bad", 0.5, 1.0, 1)], 0.01)
+    assert ahead["student_matched_decoder"] == "s thr"  # the inaccurate faster row does not count
+    assert ahead["student_nfe_at_matched_accuracy"] == 1.6 and ahead["training_free_nfe_at_matched_accuracy"] == 2.2
+    assert ahead["student_vs_training_free_latency"] == pytest.approx(12 / 9)
+    assert ahead["student_clearly_ahead_of_training_free"] is True
+    level = summarise(teacher + [_row("s", "student", "thr", 0.94, 11.0, 1.6)], 0.01)
+    assert level["student_clearly_ahead_of_training_free"] is False  # fewer calls, but not 20 % faster
+    assert level["student_accuracy_gain_at_training_free_speed"] == pytest.approx(0.005)
+    better = summarise(teacher + [_row("s", "student", "thr", 0.975, 11.9, 1.9)], 0.01)
+    assert better["student_accuracy_gain_at_training_free_speed"] == pytest.approx(0.04)
+    assert better["student_clearly_ahead_of_training_free"] is True  # same speed, 4 points more accurate
+    slower = summarise(teacher + [_row("s", "student", "thr", 0.975, 12.5, 1.9)], 0.01)
+    assert slower["student_accuracy_gain_at_training_free_speed"] is None  # no student row as fast
+    assert slower["student_clearly_ahead_of_training_free"] is False
 
 
 CONFIG_CODE = """
