@@ -9,6 +9,11 @@ at inference. Paired teacher-subset masking, per sequence:
     target_i = softmax(teacher(z_T)_i / tau)   for i in M_T   (what the better-informed teacher believes)
              = one-hot(x_i)                     for i in M_S \\ M_T (visible to the teacher: the data)
     L = sum_{i in M_S} CE(target_i, student(z_S)_i) / |M_S|  (+ gt_weight * CE to the data on M_T)
+Block-structured pairs (`block_fraction` of them): the decoder the student ships with is semi-autoregressive,
+so the states it meets have every earlier block committed, the current block partly masked and every later
+block fully masked. I.i.d. masks over the whole answer almost never look like that; for these pairs a block k
+is drawn, blocks before it are clean for both models, blocks after it masked for both, and the ratios above
+apply inside block k only.
 The student ships with confidence-adaptive decoding (commit every token above a threshold, at
 least one per step) and the block-wise KV cache.
 """
@@ -36,6 +41,7 @@ class CD4LMConfig:
     use_cache: bool = True  # the shipped decoder's block-wise KV cache
     eos_fill: bool = True  # the shipped decoder stops calling the network once a row has committed [EOS]
     freeform_weight: float = 0.2
+    block_fraction: float = 0.0  # share of pairs made block-structured, as the semi-AR decoder's states are
 
     def check(self) -> None:
         if not 0 < self.min_student_ratio <= self.max_student_ratio <= 1:
@@ -44,15 +50,24 @@ class CD4LMConfig:
             raise ConfigError("method_config: need 0 <= min_teacher_fraction <= max_teacher_fraction < 1")
         if not 0 < self.threshold <= 1:
             raise ConfigError(f"method_config.threshold must be in (0, 1], got {self.threshold}")
+        if not 0 <= self.block_fraction <= 1:
+            raise ConfigError(f"method_config.block_fraction must be in [0, 1], got {self.block_fraction}")
         if self.temperature <= 0 or self.gt_weight < 0:
             raise ConfigError("method_config: temperature must be > 0 and gt_weight >= 0")
 
 
 def paired_masks(
-    batch: int, length: int, prompt_tokens: int, args: CD4LMConfig, generator: torch.Generator, device
+    batch: int,
+    length: int,
+    prompt_tokens: int,
+    args: CD4LMConfig,
+    generator: torch.Generator,
+    device,
+    block_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DSCD's paired teacher-subset masking: (student mask M_S, teacher mask M_T), both (B, L) bool,
-    answer region only, with M_T a subset of M_S (one uniform draw per token nests them)."""
+    answer region only, with M_T a subset of M_S (one uniform draw per token nests them). With
+    `block_length` and args.block_fraction > 0, that share of rows is block-structured (module docstring)."""
     a = args
     r_s = a.min_student_ratio + (a.max_student_ratio - a.min_student_ratio) * torch.rand(
         batch, generator=generator, device=device
@@ -63,7 +78,15 @@ def paired_masks(
     draw = torch.rand(batch, length, generator=generator, device=device)
     in_answer = torch.zeros(batch, length, dtype=torch.bool, device=device)
     in_answer[:, prompt_tokens:] = True
-    return in_answer & (draw < r_s.view(batch, 1)), in_answer & (draw < (r_s * u).view(batch, 1))
+    m_s, m_t = in_answer & (draw < r_s.view(batch, 1)), in_answer & (draw < (r_s * u).view(batch, 1))
+    if not block_length or a.block_fraction <= 0:
+        return m_s, m_t  # no extra draws: runs without block pairs stay as they were
+    blocks = (length - prompt_tokens) // block_length
+    current = torch.randint(blocks, (batch, 1), generator=generator, device=device)
+    structured = (torch.rand(batch, 1, generator=generator, device=device) < a.block_fraction) & in_answer
+    block_of = ((torch.arange(length, device=device) - prompt_tokens) // block_length).view(1, length)
+    before, after = structured & (block_of < current), structured & (block_of > current)
+    return (m_s & ~before) | after, (m_t & ~before) | after
 
 
 class CD4LM(TextMethod):
@@ -117,7 +140,7 @@ class CD4LM(TextMethod):
         b, length = ids.shape
         p = self.layout.max_prompt_tokens
         mask_id = self.tokenizer.mask_token_id
-        m_s, m_t = paired_masks(b, length, p, a, generator, self.device)
+        m_s, m_t = paired_masks(b, length, p, a, generator, self.device, self.layout.block_length)
         z_s = torch.where(m_s, torch.full_like(ids, mask_id), ids)
         z_t = torch.where(m_t, torch.full_like(ids, mask_id), ids)
         with torch.no_grad():
