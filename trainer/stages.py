@@ -18,17 +18,27 @@ def continued_card(init_from: str | None, export_id: str) -> ModelCard | None:
 
 
 def with_earlier_stages(
-    data: dict, seconds: float | None, init_from: str | None, export_id: str, run_dir: str
+    data: dict,
+    seconds: float | None,
+    init_from: str | None,
+    export_id: str,
+    run_dir: str,
+    device: str | None = None,
 ) -> tuple[dict, float | None]:
     """A further training stage of the same model reports the whole cost: the card's data lists every
-    stage (config, examples seen, GPU seconds) and its totals add them up. Stages off the GPU (None
-    seconds) are not mixed with GPU ones."""
+    stage (config, examples seen, GPU seconds, and the device it ran on, since stages may run on different
+    GPUs while the card's top-level `device` names the last) and its totals add them up. Stages off the GPU
+    (None seconds) are not mixed with GPU ones."""
     earlier = continued_card(init_from, export_id)
     if earlier is None or seconds is None or earlier.train_gpu_seconds is None:
         return data, seconds
     seen = next((k for k in SEEN_KEYS if k in data), None)
     stage = {"config": run_dir, "train_gpu_seconds": seconds, **({seen: data[seen]} if seen else {})}
+    if device:
+        stage["device"] = device
     first = {k: v for k, v in earlier.data.items() if k != "stages"} | {"train_gpu_seconds": earlier.train_gpu_seconds}
+    if earlier.device and "stages" not in earlier.data:
+        first["device"] = earlier.device  # a one-stage model's card names its device at the top level
     data = {**data, "stages": [*earlier.data.get("stages", [first]), stage]}
     if seen:
         data[seen] += earlier.data.get(seen, 0)

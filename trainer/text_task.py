@@ -236,7 +236,9 @@ class TextMethod:
         decoding = self.decoding()
         seconds = round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None
         data = {"world": "textworld", "seed": config.seed, "sequences_seen": summary["images_seen"]}
-        data, seconds = with_earlier_stages(data, seconds, config.init_from, config.export.id, config.run_dir)
+        data, seconds = with_earlier_stages(
+            data, seconds, config.init_from, config.export.id, config.run_dir, device_name(self.device)
+        )
         card = ModelCard(
             id=config.export.id,
             modality="text",

@@ -6,7 +6,7 @@ from engines.card import ModelCard
 from trainer.stages import with_earlier_stages
 
 
-def _save(tmp_path, name: str, card_id: str, seconds: float | None, data: dict) -> str:
+def _save(tmp_path, name: str, card_id: str, seconds: float | None, data: dict, device: str | None = None) -> str:
     card = ModelCard(
         id=card_id,
         modality="video",
@@ -16,6 +16,7 @@ def _save(tmp_path, name: str, card_id: str, seconds: float | None, data: dict) 
         resolution=64,
         data=data,
         train_gpu_seconds=seconds,
+        device=device,
     )
     card.save(tmp_path / name)
     return str(tmp_path / name)
@@ -39,6 +40,16 @@ def test_second_stage_adds_up_cost_and_lists_both_stages(tmp_path) -> None:
     assert seconds3 == 800.3 and data3["clips_seen"] == 1610
     assert [s["config"] for s in data3["stages"][1:]] == ["runs/two", "runs/three"]
     assert "stages" not in data3["stages"][0]
+
+
+def test_each_stage_names_the_device_it_ran_on(tmp_path) -> None:
+    first = _save(tmp_path, "a", "text-cd4lm", 330.5, {"sequences_seen": 10}, device="NVIDIA H200")
+    data, _ = with_earlier_stages({"sequences_seen": 5}, 270.2, first, "text-cd4lm", "runs/blocks", "NVIDIA H100 80GB HBM3")
+    assert [s.get("device") for s in data["stages"]] == ["NVIDIA H200", "NVIDIA H100 80GB HBM3"]
+    # a card that already lists stages keeps its own entries as they were
+    second = _save(tmp_path, "b", "text-cd4lm", 600.7, data, device="NVIDIA H100 80GB HBM3")
+    data3, _ = with_earlier_stages({"sequences_seen": 1}, 1.0, second, "text-cd4lm", "runs/three")
+    assert [s.get("device") for s in data3["stages"]] == ["NVIDIA H200", "NVIDIA H100 80GB HBM3", None]
 
 
 def test_other_ids_cpu_runs_and_fresh_models_are_single_stage(tmp_path) -> None:

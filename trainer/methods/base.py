@@ -43,7 +43,9 @@ class ExportedMethod:
         """The exported card: who trained what, how long on which device, and the final evaluation."""
         config = self.config
         seconds = round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None
-        data, seconds = with_earlier_stages(data, seconds, config.init_from, config.export.id, config.run_dir)
+        data, seconds = with_earlier_stages(
+            data, seconds, config.init_from, config.export.id, config.run_dir, device_name(self.device)
+        )
         return ModelCard(
             id=config.export.id,
             modality=modality,
