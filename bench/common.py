@@ -98,7 +98,7 @@ def gc_pauses() -> Iterator[GcPauses]:
             started["t"] = time.perf_counter()
         elif "t" in started:
             ms = (time.perf_counter() - started.pop("t")) * 1000
-            pauses.collections[info["generation"]] = pauses.collections.get(info["generation"], 0) + 1
+            pauses.collections[info["generation"]] += 1
             pauses.total_ms += ms
             pauses.max_ms = max(pauses.max_ms, ms)
 

@@ -6,10 +6,9 @@ export PYTHONPATH=.
 CONFIG=${1:?a text training config}
 shift
 R=runs/round && rm -rf $R runs/exports && mkdir -p $R runs/exports
-OUT_DIR=$(python -c "from trainer.config import load_config; print(load_config('$CONFIG').export.output_dir)")
+read -r OUT_DIR RUN_DIR < <(python -c "from trainer.config import load_config; c = load_config('$CONFIG'); print(c.export.output_dir, c.run_dir)")
 NAME=$(basename "$OUT_DIR")
 python -m trainer train "$CONFIG" --export.output_dir=runs/exports/$NAME "$@" 2>&1 | grep -v "Writing model shards" > $R/train.log
-RUN_DIR=$(python -c "from trainer.config import load_config; print(load_config('$CONFIG').run_dir)")
 cp $RUN_DIR/metrics.jsonl $R/metrics-$NAME.jsonl
 rm -rf "$OUT_DIR" && cp -r runs/exports/$NAME "$OUT_DIR"
 python -m bench text --out $R/bench ${BENCH_ARGS:-} > $R/bench-text.log 2>&1
