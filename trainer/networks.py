@@ -73,24 +73,38 @@ PRESETS: dict[str, dict[str, Any]] = {
 _CLASSES = {"UNet2DConditionModel": UNet2DConditionModel, "SD3Transformer2DModel": SD3Transformer2DModel}
 
 
-def add_text_refiner(network, layers: int, dim: int, heads: int):
-    """The network with a trainable text refiner (engines/refined_unet.py) in front of its
-    cross-attention: a plain UNet is wrapped (same outputs until trained), one that already has a
-    refiner of this shape is returned as it is (continuing a run), anything else is refused."""
-    from engines.refined_unet import RefinedUNet2DConditionModel, with_text_refiner
+def add_unet_conditioning(
+    network, layers: int = 0, dim: int = 192, heads: int = 3, position_frequencies: int = 0, positions: int = 0
+):
+    """The network with a trainable text refiner in front of its cross-attention and/or absolute
+    position features after its `conv_in` (engines/refined_unet.py): a plain UNet is extended (same
+    outputs until trained), one that already has exactly these additions is returned as it is
+    (continuing a run), anything else is refused."""
+    from engines.refined_unet import RefinedUNet2DConditionModel, extend_unet
 
+    want = (layers, dim, heads, positions, position_frequencies)
     if isinstance(network, RefinedUNet2DConditionModel):
-        have = (network.config.text_refiner_layers, network.config.text_refiner_dim, network.config.text_refiner_heads)
-        if have != (layers, dim, heads):
-            raise ConfigError(f"init_from already has a text refiner (layers, dim, heads) = {have}, not {(layers, dim, heads)}")
+        c = network.config
+        have = (c.text_refiner_layers, c.text_refiner_dim, c.text_refiner_heads, c.text_refiner_positions, c.position_frequencies)
+        if not have[0] and not want[0]:  # no refiner either way: its dim, heads and positions mean nothing
+            have, want = (0, 0, 0, 0, have[4]), (0, 0, 0, 0, want[4])
+        if have != want:
+            raise ConfigError(
+                "init_from already has a text refiner (layers, dim, heads, positions) and position frequencies = "
+                f"{have}, not {want}"
+            )
         return network
     if not isinstance(network, UNet2DConditionModel):
         kind = type(network).__name__
-        raise ConfigError(f"a text refiner goes in front of a UNet2DConditionModel's cross-attention, not {kind}")
-    if layers < 1 or dim < 1 or heads < 1 or dim % heads:
-        got = f"got layers {layers}, dim {dim}, heads {heads}"
+        raise ConfigError(
+            f"a text refiner and position features go into a UNet2DConditionModel, not {kind} (transformers have their own)"
+        )
+    if layers < 0 or position_frequencies < 0 or positions < 0 or (layers and (dim < 1 or heads < 1 or dim % heads)):
+        got = f"got layers {layers}, dim {dim}, heads {heads}, positions {positions}, position frequencies {position_frequencies}"
         raise ConfigError(f"a text refiner needs layers, dim, heads >= 1 with dim a multiple of heads; {got}")
-    return with_text_refiner(network, layers, dim, heads)
+    if position_frequencies > 16:
+        raise ConfigError(f"position_frequencies {position_frequencies} is more than 16: finer than a pixel at any size we train")
+    return extend_unet(network, layers, dim, heads, position_frequencies, positions)
 
 
 def build_network(preset: str) -> UNet2DConditionModel | SD3Transformer2DModel:

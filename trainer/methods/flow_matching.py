@@ -16,7 +16,7 @@ from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer.config import TrainConfig, build
 from trainer.image_task import render_batch
 from trainer.methods.base import ImageMethod
-from trainer.networks import add_text_refiner, build_network, load_network
+from trainer.networks import add_unet_conditioning, build_network, load_network
 
 
 @dataclass
@@ -30,6 +30,10 @@ class FlowMatchingConfig:
     text_refiner_layers: int = 0
     text_refiner_dim: int = 192
     text_refiner_heads: int = 3
+    text_refiner_positions: int = 0  # > 0: the refiner learns an embedding of each token's index (word order)
+    # > 0: add absolute position features (that many sinusoid frequencies per axis) after a UNet's
+    # conv_in, so "left of" and "above" have something to attach to; added to init_from if it has none.
+    position_frequencies: int = 0
 
 
 def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -62,9 +66,16 @@ class FlowMatching(ImageMethod):
         self.device = device
         self.text_encoder = text_encoder
         network = build_network(config.model_preset) if config.init_from is None else load_network(config.init_from)
-        if self.args.text_refiner_layers:
-            a = self.args
-            network = add_text_refiner(network, a.text_refiner_layers, a.text_refiner_dim, a.text_refiner_heads)
+        a = self.args
+        if a.text_refiner_layers or a.position_frequencies:
+            network = add_unet_conditioning(
+                network,
+                a.text_refiner_layers,
+                a.text_refiner_dim,
+                a.text_refiner_heads,
+                a.position_frequencies,
+                a.text_refiner_positions,
+            )
         self.networks = {"model": network}
         self.ema_roles = ("model",)
 
