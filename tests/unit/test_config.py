@@ -1,5 +1,7 @@
 """Training configs: YAML, overrides, validation."""
 
+from pathlib import Path
+
 import pytest
 
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
@@ -18,6 +20,17 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
 def test_shipped_configs_load():
     for name in ("configs/tiny-cpu.yaml", "configs/shapes-teacher.yaml"):
         assert load_config(name).export.id
+
+
+def test_every_config_in_the_repository_loads_and_names_a_known_method():
+    from trainer.methods import METHODS
+
+    paths = sorted(Path("configs").glob("*.yaml"))
+    assert len(paths) >= 20
+    for path in paths:
+        config = load_config(str(path))
+        assert config.method in METHODS, path
+        assert config.export.id, path
 
 
 @pytest.mark.parametrize(
