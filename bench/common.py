@@ -37,8 +37,21 @@ def bench_registry(args) -> Registry:
 
 
 def model_names(args, registry: Registry, modality: str) -> list[str]:
-    """`--models` (comma-separated ids), or every checkpoint of the suite's modality."""
-    return [m for m in args.models.split(",") if m] or [c.id for c in registry.cards(modality)]
+    """`--models` (comma-separated ids), or every checkpoint of the suite's modality. Every named id is
+    checked before anything is timed, so a typo (or a checkpoint missing on this machine) stops the run at
+    once instead of after the models before it have been measured and their results dropped."""
+    named = [m for m in args.models.split(",") if m]
+    if not named:
+        return [c.id for c in registry.cards(modality)]
+    known = {c.id for c in registry.cards(modality)}
+    missing = [m for m in named if m not in known]
+    if missing:
+        roots = ", ".join(map(str, registry.roots))
+        raise SystemExit(
+            f"--models names {', '.join(missing)}, not {modality} checkpoints in {roots}; "
+            f"known: {', '.join(sorted(known)) or 'none'}"
+        )
+    return named
 
 
 def free_port() -> int:
