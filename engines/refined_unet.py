@@ -94,10 +94,12 @@ class PositionedConv2d(torch.nn.Conv2d):
     """`conv_in` plus a learned projection of fixed position features (zero at start). Same weight and
     bias keys as the plain convolution, so a trained UNet's weights load into it unchanged."""
 
-    def __init__(self, conv: torch.nn.Conv2d, frequencies: int) -> None:
+    def __init__(self, conv: torch.nn.Conv2d, frequencies: int, size: int) -> None:
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
         self.load_state_dict(conv.state_dict())
         self.frequencies = frequencies
+        # Built once at the trained size and moved with the module (not saved: derived from the config).
+        self.register_buffer("grid", position_grid(size, frequencies)[None], persistent=False)
         self.position = torch.nn.Conv2d(4 * frequencies, conv.out_channels, 1)
         torch.nn.init.zeros_(self.position.weight)
         torch.nn.init.zeros_(self.position.bias)
@@ -106,9 +108,10 @@ class PositionedConv2d(torch.nn.Conv2d):
         out = super().forward(sample)
         if out.shape[-1] != out.shape[-2]:
             raise ValueError(f"position features are defined for square images, got {tuple(out.shape[-2:])}")
-        # A constant of the size: traced as one (ONNX), computed once per shape under torch.compile.
-        grid = position_grid(out.shape[-1], self.frequencies).to(out.device, out.dtype)
-        return out + self.position(grid[None])
+        grid = self.grid
+        if grid.shape[-1] != out.shape[-1]:  # another resolution than the trained one: build its grid
+            grid = position_grid(out.shape[-1], self.frequencies)[None].to(out.device)
+        return out + self.position(grid.to(out.dtype))
 
 
 def _init(
@@ -135,7 +138,7 @@ def _init(
         else None
     )
     if position_frequencies:
-        self.conv_in = PositionedConv2d(self.conv_in, position_frequencies)
+        self.conv_in = PositionedConv2d(self.conv_in, position_frequencies, int(unet_kwargs.get("sample_size") or 64))
 
 
 # diffusers reads a model's config keys from its __init__ signature: the UNet's own, plus ours.
@@ -158,8 +161,8 @@ def extend_unet(
     layers: int = 0,
     dim: int = 192,
     heads: int = 3,
+    token_positions: int = 0,
     position_frequencies: int = 0,
-    positions: int = 0,
 ) -> RefinedUNet2DConditionModel:
     """A float32 copy of a trained plain UNet with a fresh (identity) text refiner of `layers` blocks
     and/or fresh (zero) position features in front: same outputs until trained."""
@@ -174,7 +177,7 @@ def extend_unet(
             "text_refiner_layers": layers,
             "text_refiner_dim": dim,
             "text_refiner_heads": heads,
-            "text_refiner_positions": positions,
+            "text_refiner_positions": token_positions,
             "position_frequencies": position_frequencies,
         }
     )
@@ -183,10 +186,3 @@ def extend_unet(
     if unexpected or any(not k.startswith(new) for k in missing):
         raise ValueError(f"UNet weights did not map onto the refined UNet: missing {missing}, unexpected {unexpected}")
     return refined
-
-
-def with_text_refiner(unet: UNet2DConditionModel, layers: int, dim: int, heads: int) -> RefinedUNet2DConditionModel:
-    """A float32 copy of a trained UNet with a fresh (identity) text refiner in front: same outputs until trained."""
-    if isinstance(unet, RefinedUNet2DConditionModel):
-        raise ValueError("this UNet already has a text refiner")
-    return extend_unet(unet, layers, dim, heads)

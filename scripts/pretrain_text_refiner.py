@@ -146,11 +146,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.output.resolve() == args.checkpoint.resolve():
         raise SystemExit("output must differ from the checkpoint: the source stays as it was")
-    network = add_unet_conditioning(
-        load_network(args.checkpoint), args.layers, args.dim, args.heads, args.position_frequencies, args.positions
-    )
-    if network.text_refiner is None:
+    if args.layers < 1:
         raise SystemExit("--layers must be >= 1: there is no refiner to pre-train")
+    network = add_unet_conditioning(
+        load_network(args.checkpoint), args.layers, args.dim, args.heads, args.positions, args.position_frequencies
+    )
     report = pretrain_refiner(network.text_refiner, TextEncoder(device=args.device), captions=args.captions, steps=args.steps)
     folder, _ = find_denoiser(args.checkpoint)
     shutil.copytree(args.checkpoint, args.output, dirs_exist_ok=True, ignore=shutil.ignore_patterns(folder.name))

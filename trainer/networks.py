@@ -74,7 +74,7 @@ _CLASSES = {"UNet2DConditionModel": UNet2DConditionModel, "SD3Transformer2DModel
 
 
 def add_unet_conditioning(
-    network, layers: int = 0, dim: int = 192, heads: int = 3, position_frequencies: int = 0, positions: int = 0
+    network, layers: int = 0, dim: int = 192, heads: int = 3, token_positions: int = 0, position_frequencies: int = 0
 ):
     """The network with a trainable text refiner in front of its cross-attention and/or absolute
     position features after its `conv_in` (engines/refined_unet.py): a plain UNet is extended (same
@@ -82,7 +82,7 @@ def add_unet_conditioning(
     (continuing a run), anything else is refused."""
     from engines.refined_unet import RefinedUNet2DConditionModel, extend_unet
 
-    want = (layers, dim, heads, positions, position_frequencies)
+    want = (layers, dim, heads, token_positions, position_frequencies)
     if isinstance(network, RefinedUNet2DConditionModel):
         c = network.config
         have = (c.text_refiner_layers, c.text_refiner_dim, c.text_refiner_heads, c.text_refiner_positions, c.position_frequencies)
@@ -99,12 +99,13 @@ def add_unet_conditioning(
         raise ConfigError(
             f"a text refiner and position features go into a UNet2DConditionModel, not {kind} (transformers have their own)"
         )
-    if layers < 0 or position_frequencies < 0 or positions < 0 or (layers and (dim < 1 or heads < 1 or dim % heads)):
-        got = f"got layers {layers}, dim {dim}, heads {heads}, positions {positions}, position frequencies {position_frequencies}"
+    if layers < 0 or position_frequencies < 0 or token_positions < 0 or (layers and (dim < 1 or heads < 1 or dim % heads)):
+        got = f"got layers {layers}, dim {dim}, heads {heads}, token positions {token_positions}"
+        got += f", position frequencies {position_frequencies}"
         raise ConfigError(f"a text refiner needs layers, dim, heads >= 1 with dim a multiple of heads; {got}")
     if position_frequencies > 16:
         raise ConfigError(f"position_frequencies {position_frequencies} is more than 16: finer than a pixel at any size we train")
-    return extend_unet(network, layers, dim, heads, position_frequencies, positions)
+    return extend_unet(network, layers, dim, heads, token_positions, position_frequencies)
 
 
 def build_network(preset: str) -> UNet2DConditionModel | SD3Transformer2DModel:

@@ -7,7 +7,7 @@ import torch
 
 from engines.checkpoints import load_diffusers_model
 from engines.denoisers import denoiser_folder, find_denoiser
-from engines.refined_unet import RefinedUNet2DConditionModel, TextRefiner, extend_unet, position_grid, with_text_refiner
+from engines.refined_unet import RefinedUNet2DConditionModel, TextRefiner, extend_unet, position_grid
 from trainer.config import ConfigError
 from trainer.networks import add_unet_conditioning, build_network
 
@@ -32,7 +32,7 @@ def _trained(refined: RefinedUNet2DConditionModel) -> RefinedUNet2DConditionMode
 
 def test_wrapping_a_trained_unet_changes_nothing_until_the_refiner_trains() -> None:
     unet = build_network("unet-tiny").eval()
-    refined = with_text_refiner(unet, layers=1, dim=16, heads=2).eval()
+    refined = extend_unet(unet, layers=1, dim=16, heads=2).eval()
     x, t, states = _inputs()
     assert torch.equal(_out(refined, x, t, states), _out(unet, x, t, states))
     _trained(refined)
@@ -55,7 +55,7 @@ def test_refiner_keeps_padding_zero_and_the_null_prompt_finite() -> None:
 
 
 def test_refined_unet_round_trips_through_the_checkpoint_loader(tmp_path) -> None:
-    refined = _trained(with_text_refiner(build_network("unet-tiny"), layers=2, dim=16, heads=2)).eval()
+    refined = _trained(extend_unet(build_network("unet-tiny"), layers=2, dim=16, heads=2)).eval()
     folder = tmp_path / "model" / denoiser_folder(refined)
     assert folder.name == "unet"  # the SD layout: a subclass keeps its base's folder
     refined.save_pretrained(folder)
@@ -112,6 +112,11 @@ def test_position_features_start_at_zero_then_make_the_unet_position_aware() -> 
     assert torch.allclose(added[0], added[1], atol=1e-6)
     per_pixel = added[0].flatten(1).T
     assert torch.cdist(per_pixel, per_pixel).add(torch.eye(256) * 9).min() > 1e-4
+    # the grid is built once at the trained size; another size gets its own grid, not the stored one
+    assert torch.equal(positioned.conv_in.grid[0], position_grid(16, 3))
+    small = torch.randn(1, 3, 8, 8)
+    expected = unet.conv_in(small) + positioned.conv_in.position(position_grid(8, 3)[None])
+    assert torch.allclose(positioned.conv_in(small), expected, atol=1e-6)
 
 
 def test_positioned_unet_round_trips_and_loads_a_plain_unets_weights(tmp_path) -> None:
@@ -162,7 +167,7 @@ def test_refiner_positions_give_it_word_order() -> None:
 
 def test_refiner_positions_round_trip_through_extend_unet(tmp_path) -> None:
     unet = build_network("unet-tiny").eval()
-    refined = extend_unet(unet, layers=1, dim=16, heads=2, positions=12).eval()
+    refined = extend_unet(unet, layers=1, dim=16, heads=2, token_positions=12).eval()
     x, t, states = _inputs()
     assert torch.equal(_out(refined, x, t, states), _out(unet, x, t, states))  # identity until trained
     _trained(refined).save_pretrained(tmp_path / "unet")

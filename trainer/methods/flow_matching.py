@@ -73,8 +73,8 @@ class FlowMatching(ImageMethod):
                 a.text_refiner_layers,
                 a.text_refiner_dim,
                 a.text_refiner_heads,
-                a.position_frequencies,
                 a.text_refiner_positions,
+                a.position_frequencies,
             )
         self.networks = {"model": network}
         self.ema_roles = ("model",)
