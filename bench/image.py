@@ -42,7 +42,31 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=0, help="images per forward when scoring (default 280 GPU, 64 CPU)")
     parser.add_argument("--features", type=Path, default=FEATURES, help="feature network for FD (trainer.train_features)")
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the result file's rows of models not run now (same device and prompts), e.g. a model benchmarked "
+        "in a later call on the same GPU",
+    )
     return parser.parse_args(argv)
+
+
+def kept_rows(path: Path, names: list[str], device: str, prompts: int) -> tuple[list[dict], str]:
+    """For --merge: the rows of other models in an earlier result file, and a note saying where they came
+    from. Rows measured on another device or over another prompt set would not be comparable: refused."""
+    if not path.is_file():
+        return [], ""
+    old = json.loads(path.read_text())
+    if old.get("device") != device or old.get("prompts") != prompts:
+        raise SystemExit(
+            f"--merge: {path} holds {old.get('prompts')} prompts on {old.get('device')!r}, this run {prompts} on "
+            f"{device!r}; rows measured differently cannot share a table (write elsewhere with --out)"
+        )
+    kept = [r for r in old["rows"] if r["model"] not in names]
+    if not kept:
+        return [], ""
+    models = ", ".join(dict.fromkeys(r["model"] for r in kept))
+    return kept, f" Rows of {models} kept from the run of {old['created']} (git {old['git']}) on a device of the same name."
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prompts < 2 * features.config.feature_dim:
         print(f"note: FD of {args.prompts} images ({features.config.feature_dim}-d features) is dominated by small-sample bias")
     names = model_names(args, registry, "image")
+    kept, kept_note = [], ""
+    if args.merge:  # checked before anything is timed
+        kept, kept_note = kept_rows(args.out / f"image-{device_slug(device)}.json", names, device_name(device), args.prompts)
     scenes = shapes.eval_scenes(args.prompts)
     prompts, conditions = [s.caption for s in scenes], [s.condition for s in scenes]
     seeds = list(range(len(scenes)))
@@ -133,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         sample_sheet(engine, prompts[:16], args.out / f"image-{name}-{device_slug(device)}.png")
         registry.unload_all()
 
+    rows = kept + rows
     summary = summarise(rows)
     extra = {
         "notes": f"{len(prompts)} held-out prompts (world 'shapes', eval seed 2024), image i from seed i; "
@@ -140,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"throughput at batch {tp_batch}; "
         f"fd = Fréchet distance of {features.config.feature_dim}-d features ({args.features.name}) between the generated "
         "images and the world's renders of the same scenes, at 64 px (smaller images upsampled by pixel replication); "
-        f"renders of {len(prompts)} other scenes score {real_fd:.2f} (FD grows as prompts shrink: compare equal counts).",
+        f"renders of {len(prompts)} other scenes score {real_fd:.2f} (FD grows as prompts shrink: compare equal counts)."
+        + kept_note,
         "prompts": len(prompts),
         "fd_network": fd_network_info(args.features),
         "fd_real_vs_real": real_fd,

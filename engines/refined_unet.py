@@ -15,9 +15,14 @@ only from the zero padding at the borders, so "a circle to the left of a square"
 cross-attention nothing to tie "left" to. `position_frequencies` > 0 adds fixed 2-D sinusoidal
 features of each pixel's coordinates, through a learned 1x1 convolution that starts at zero, to the
 output of `conv_in`; every later block then knows where it is (CoordConv, Liu et al. 2018; the
-position embeddings of DiT/MMDiT do the same for transformers). Measured on the shapes teacher: with
-them, and with a refiner pre-trained to expose each object's colour and side, short fine-tunes still
-placed objects at chance (configs/shapes-teacher-spatial.yaml, configs/shapes-teacher-binding.yaml).
+position embeddings of DiT/MMDiT do the same for transformers). With them, and with a refiner
+pre-trained to expose each object's colour and side, short fine-tunes still placed objects at chance
+(configs/shapes-teacher-spatial.yaml, configs/shapes-teacher-binding.yaml), and so did three stages
+that grounded cross-attention in the objects' masks (configs/shapes-teacher-grounded*.yaml), which
+fixed colour binding. The reason: the projection starts at zero and Adam moves each weight by about
+the learning rate a step, so the features stayed ~50x weaker than conv_in's own output (std 0.014 vs
+0.68). `position_gain` multiplies the fixed features so the projection's output can grow that much
+faster.
 
 The class is a diffusers `UNet2DConditionModel` subclass: same checkpoint layout (`unet/` with
 config.json + safetensors), same forward, same ONNX export; its config adds the `text_refiner_*` and
@@ -94,12 +99,13 @@ class PositionedConv2d(torch.nn.Conv2d):
     """`conv_in` plus a learned projection of fixed position features (zero at start). Same weight and
     bias keys as the plain convolution, so a trained UNet's weights load into it unchanged."""
 
-    def __init__(self, conv: torch.nn.Conv2d, frequencies: int, size: int) -> None:
+    def __init__(self, conv: torch.nn.Conv2d, frequencies: int, size: int, gain: float = 1.0) -> None:
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
         self.load_state_dict(conv.state_dict())
         self.frequencies = frequencies
+        self.gain = gain
         # Built once at the trained size and moved with the module (not saved: derived from the config).
-        self.register_buffer("grid", position_grid(size, frequencies)[None], persistent=False)
+        self.register_buffer("grid", position_grid(size, frequencies)[None] * gain, persistent=False)
         self.position = torch.nn.Conv2d(4 * frequencies, conv.out_channels, 1)
         torch.nn.init.zeros_(self.position.weight)
         torch.nn.init.zeros_(self.position.bias)
@@ -110,8 +116,15 @@ class PositionedConv2d(torch.nn.Conv2d):
             raise ValueError(f"position features are defined for square images, got {tuple(out.shape[-2:])}")
         grid = self.grid
         if grid.shape[-1] != out.shape[-1]:  # another resolution than the trained one: build its grid
-            grid = position_grid(out.shape[-1], self.frequencies)[None].to(out.device)
+            grid = position_grid(out.shape[-1], self.frequencies)[None].to(out.device) * self.gain
         return out + self.position(grid.to(out.dtype))
+
+    def set_gain(self, gain: float) -> None:
+        """Scale the features by `gain` instead, rescaling the projection so the output is unchanged."""
+        with torch.no_grad():
+            self.position.weight.mul_(self.gain / gain)
+            self.grid.mul_(gain / self.gain)
+        self.gain = gain
 
 
 def _init(
@@ -122,6 +135,7 @@ def _init(
     text_refiner_heads: int = 3,
     text_refiner_positions: int = 0,
     position_frequencies: int = 0,
+    position_gain: float = 1.0,
     **unet_kwargs,
 ) -> None:
     UNet2DConditionModel.__init__.__wrapped__(self, **unet_kwargs)
@@ -137,8 +151,11 @@ def _init(
         if text_refiner_layers
         else None
     )
+    if position_gain <= 0:
+        raise ValueError(f"position_gain must be > 0, got {position_gain}")
     if position_frequencies:
-        self.conv_in = PositionedConv2d(self.conv_in, position_frequencies, int(unet_kwargs.get("sample_size") or 64))
+        size = int(unet_kwargs.get("sample_size") or 64)
+        self.conv_in = PositionedConv2d(self.conv_in, position_frequencies, size, position_gain)
 
 
 # diffusers reads a model's config keys from its __init__ signature: the UNet's own, plus ours.
@@ -163,6 +180,7 @@ def extend_unet(
     heads: int = 3,
     token_positions: int = 0,
     position_frequencies: int = 0,
+    position_gain: float = 1.0,
 ) -> RefinedUNet2DConditionModel:
     """A float32 copy of a trained plain UNet with a fresh (identity) text refiner of `layers` blocks
     and/or fresh (zero) position features in front: same outputs until trained."""
@@ -179,6 +197,7 @@ def extend_unet(
             "text_refiner_heads": heads,
             "text_refiner_positions": token_positions,
             "position_frequencies": position_frequencies,
+            "position_gain": position_gain,
         }
     )
     missing, unexpected = refined.load_state_dict(unet.state_dict(), strict=False)

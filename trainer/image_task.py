@@ -17,6 +17,7 @@ from engines.card import ModelCard
 from engines.denoisers import DENOISER_FOLDERS, denoiser_folder
 from engines.image import sample_prompts, to_pil
 from engines.text_encoder import TextEncoder
+from trainer.attention_maps import object_specs, phrase_token_masks
 from trainer.worlds import shapes
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -49,18 +50,32 @@ def world_batch_cpu(
         "conditions": [s.condition for s in scenes],  # what the judge checks (reward-weighted methods)
     }
     if tokenizer is not None:
-        batch["tokens"] = dict(
-            tokenizer(batch["captions"], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+        tokens = dict(
+            tokenizer(
+                batch["captions"],
+                padding="max_length",
+                truncation=True,
+                max_length=max_tokens,
+                return_tensors="pt",
+                return_offsets_mapping=True,
+            )
         )
+        # which tokens describe which object, for methods that ground cross-attention (trainer/attention_maps.py)
+        batch["phrase_tokens"] = phrase_token_masks(tokens.pop("offset_mapping"), [s.spans for s in scenes])
+        batch["object_specs"] = object_specs(scenes)
+        batch["tokens"] = tokens
     return batch
 
 
-def render_batch(batch: dict, resolution: int, device: torch.device) -> torch.Tensor:
-    """The GPU half: render scene parameters to images in [-1, 1] at `resolution`."""
-    images = shapes.render_tensors({k: v.to(device, non_blocking=True) for k, v in batch["params"].items()})
+def render_batch(batch: dict, resolution: int, device: torch.device, coverage: bool = False):
+    """The GPU half: render scene parameters to images in [-1, 1] at `resolution`. `coverage`: also
+    return each object slot's coverage (B, MAX_OBJECTS, 64, 64) at the world's resolution."""
+    params = {k: v.to(device, non_blocking=True) for k, v in batch["params"].items()}
+    cover = shapes.object_coverage(params)
+    images = shapes.render_tensors(params, cover=cover)
     if resolution != images.shape[-1]:
         images = torch.nn.functional.interpolate(images, size=(resolution, resolution), mode="area")
-    return images * 2 - 1
+    return (images * 2 - 1, cover) if coverage else images * 2 - 1
 
 
 def new_scheduler(shift: float = 1.0, stochastic: bool = False) -> FlowMatchEulerDiscreteScheduler:

@@ -74,13 +74,23 @@ _CLASSES = {"UNet2DConditionModel": UNet2DConditionModel, "SD3Transformer2DModel
 
 
 def add_unet_conditioning(
-    network, layers: int = 0, dim: int = 192, heads: int = 3, token_positions: int = 0, position_frequencies: int = 0
+    network,
+    layers: int = 0,
+    dim: int = 192,
+    heads: int = 3,
+    token_positions: int = 0,
+    position_frequencies: int = 0,
+    position_gain: float = 1.0,
 ):
     """The network with a trainable text refiner in front of its cross-attention and/or absolute
     position features after its `conv_in` (engines/refined_unet.py): a plain UNet is extended (same
     outputs until trained), one that already has exactly these additions is returned as it is
-    (continuing a run), anything else is refused."""
+    (continuing a run; only its position features' gain may change, which keeps its outputs),
+    anything else is refused."""
     from engines.refined_unet import RefinedUNet2DConditionModel, extend_unet
+
+    if position_gain <= 0:
+        raise ConfigError(f"position_gain must be > 0, got {position_gain}")
 
     want = (layers, dim, heads, token_positions, position_frequencies)
     if isinstance(network, RefinedUNet2DConditionModel):
@@ -93,6 +103,9 @@ def add_unet_conditioning(
                 "init_from already has a text refiner (layers, dim, heads, positions) and position frequencies = "
                 f"{have}, not {want}"
             )
+        if position_frequencies and c.position_gain != position_gain:
+            network.conv_in.set_gain(position_gain)
+            network.register_to_config(position_gain=position_gain)
         return network
     if not isinstance(network, UNet2DConditionModel):
         kind = type(network).__name__
@@ -105,7 +118,7 @@ def add_unet_conditioning(
         raise ConfigError(f"a text refiner needs layers, dim, heads >= 1 with dim a multiple of heads; {got}")
     if position_frequencies > 16:
         raise ConfigError(f"position_frequencies {position_frequencies} is more than 16: finer than a pixel at any size we train")
-    return extend_unet(network, layers, dim, heads, token_positions, position_frequencies)
+    return extend_unet(network, layers, dim, heads, token_positions, position_frequencies, position_gain)
 
 
 def build_network(preset: str) -> UNet2DConditionModel | SD3Transformer2DModel:

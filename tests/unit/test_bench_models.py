@@ -24,3 +24,21 @@ def test_an_unknown_or_other_modality_model_stops_the_suite_before_it_starts(mod
     with pytest.raises(SystemExit, match="not image checkpoints") as stopped:
         model_names(Namespace(models=models), _registry(), "image")
     assert "known: " in str(stopped.value) and "shapes-teacher" in str(stopped.value)
+
+
+def test_merge_keeps_other_models_rows_of_the_same_setup_and_refuses_others(tmp_path) -> None:
+    import json
+
+    from bench.image import kept_rows
+
+    path = tmp_path / "image-h100.json"
+    assert kept_rows(path, ["shapes-dmd2"], "NVIDIA H100", 560) == ([], "")  # nothing to merge with
+    rows = [{"model": "shapes-teacher", "steps": s} for s in (1, 25)] + [{"model": "shapes-dmd2", "steps": 1}]
+    earlier = {"device": "NVIDIA H100", "prompts": 560, "created": "2026-11-26T17:35:54+00:00", "git": "ae010fa", "rows": rows}
+    path.write_text(json.dumps(earlier))
+    kept, note = kept_rows(path, ["shapes-dmd2"], "NVIDIA H100", 560)
+    assert kept == rows[:2]  # the model run now replaces its own old rows
+    assert "shapes-teacher" in note and "2026-11-26T17:35:54" in note and "ae010fa" in note
+    for device, prompts in (("NVIDIA H200", 560), ("NVIDIA H100", 128)):
+        with pytest.raises(SystemExit, match="cannot share a table"):
+            kept_rows(path, ["shapes-dmd2"], device, prompts)

@@ -176,3 +176,23 @@ def test_refiner_positions_round_trip_through_extend_unet(tmp_path) -> None:
     assert torch.equal(_out(loaded, x, t, states), _out(refined, x, t, states))
     with pytest.raises(ConfigError, match="positions"):
         add_unet_conditioning(loaded, 1, 16, 2)  # continuing with another refiner is refused
+
+
+def test_a_position_gain_change_keeps_the_outputs_and_survives_saving(tmp_path) -> None:
+    positioned = _positioned(extend_unet(build_network("unet-tiny"), position_frequencies=3).eval())
+    x, t, states = _inputs()
+    before = _out(positioned, x, t, states)
+    strong = add_unet_conditioning(positioned, position_frequencies=3, position_gain=10.0)
+    assert strong is positioned and strong.config.position_gain == 10.0
+    assert torch.allclose(strong.conv_in.grid[0], position_grid(16, 3) * 10)
+    assert torch.allclose(_out(strong, x, t, states), before, atol=1e-5)  # the projection was rescaled
+    strong.save_pretrained(tmp_path / "unet")
+    loaded = load_diffusers_model(tmp_path / "unet", "UNet2DConditionModel").eval()
+    assert loaded.config.position_gain == 10.0 and torch.allclose(_out(loaded, x, t, states), before, atol=1e-5)
+    # a fresh UNet built with a gain scales its features from the start (the projection is still zero)
+    fresh = extend_unet(build_network("unet-tiny"), position_frequencies=2, position_gain=4.0)
+    assert torch.allclose(fresh.conv_in.grid[0], position_grid(16, 2) * 4)
+    with pytest.raises(ConfigError, match="position_gain must be > 0"):
+        add_unet_conditioning(build_network("unet-tiny"), position_frequencies=2, position_gain=0)
+    with pytest.raises(ValueError, match="position_gain must be > 0"):
+        extend_unet(build_network("unet-tiny"), position_frequencies=2, position_gain=-1.0)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from engines.denoisers import unwrap
 from engines.denoisers import velocity as denoiser_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
-from trainer.config import TrainConfig, build
+from trainer.attention_maps import grounding_losses, record_cross_attention, spec_coverage
+from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import render_batch
 from trainer.methods.base import ImageMethod
 from trainer.networks import add_unet_conditioning, build_network, load_network
@@ -34,6 +36,12 @@ class FlowMatchingConfig:
     # > 0: add absolute position features (that many sinusoid frequencies per axis) after a UNet's
     # conv_in, so "left of" and "above" have something to attach to; added to init_from if it has none.
     position_frequencies: int = 0
+    position_gain: float = 1.0  # scale of those features (engines/refined_unet.py: how fast they can grow)
+    # > 0: ground cross-attention in each object's pixels (trainer/attention_maps.py, TokenCompose):
+    # weights of the token loss (a phrase's attention falls inside its object) and of the pixel loss
+    # (object pixels attend to their own phrase), added to the flow-matching loss. UNets only.
+    attention_token_weight: float = 0.0
+    attention_pixel_weight: float = 0.0
 
 
 def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -75,6 +83,17 @@ class FlowMatching(ImageMethod):
                 a.text_refiner_heads,
                 a.text_refiner_positions,
                 a.position_frequencies,
+                a.position_gain,
+            )
+        if a.attention_token_weight < 0 or a.attention_pixel_weight < 0:
+            raise ConfigError(
+                "method_config.attention_token_weight and attention_pixel_weight must be >= 0, "
+                f"got {a.attention_token_weight}, {a.attention_pixel_weight}"
+            )
+        self.grounded = bool(a.attention_token_weight or a.attention_pixel_weight)
+        if self.grounded and not any(getattr(m, "is_cross_attention", False) for m in network.modules()):
+            raise ConfigError(
+                f"attention grounding needs a network with cross-attention (a UNet); {type(network).__name__} has none"
             )
         self.networks = {"model": network}
         self.ema_roles = ("model",)
@@ -82,7 +101,7 @@ class FlowMatching(ImageMethod):
     def loss(
         self, phase: str, networks: dict, batch: dict, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x0 = render_batch(batch, self.resolution, self.device)
+        x0, cover = render_batch(batch, self.resolution, self.device, coverage=True)
         b = x0.shape[0]
         emb = self.text_encoder.encode_tokens(batch["tokens"])
         keep = torch.rand(b, generator=generator, device=self.device) >= self.args.cfg_dropout
@@ -92,6 +111,20 @@ class FlowMatching(ImageMethod):
         noise = torch.randn(x0.shape, generator=generator, device=self.device)
         s = sigma.view(b, 1, 1, 1)
         x_sigma = (1 - s) * x0 + s * noise
-        velocity = denoiser_velocity(networks["model"], x_sigma, sigma * 1000, emb)
-        loss = flow_matching_loss(velocity, x0, noise)
-        return loss, {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
+        if not self.grounded:
+            velocity = denoiser_velocity(networks["model"], x_sigma, sigma * 1000, emb)
+            loss = flow_matching_loss(velocity, x0, noise)
+            return loss, {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
+        with record_cross_attention(unwrap(networks["model"])) as maps:
+            velocity = denoiser_velocity(networks["model"], x_sigma, sigma * 1000, emb)
+        fm = flow_matching_loss(velocity, x0, noise)
+        owners = batch["object_specs"].to(self.device)
+        token, pixel = grounding_losses(maps, batch["phrase_tokens"].to(self.device), spec_coverage(cover, owners), keep)
+        loss = fm + self.args.attention_token_weight * token + self.args.attention_pixel_weight * pixel
+        return loss, {
+            "loss": loss.detach(),
+            "flow_loss": fm.detach(),
+            "attention_token_loss": token.detach(),
+            "attention_pixel_loss": pixel.detach(),
+            "sigma_mean": sigma.mean().detach(),
+        }

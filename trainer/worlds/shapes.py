@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import string
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Scene:
     objects: tuple[Obj, ...]
     condition: Condition
     caption: str = field(default="")
+    # per condition spec, the (start, end) characters of the caption that describe it (caption_with_spans)
+    spans: tuple[tuple[int, int], ...] = field(default=())
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -141,22 +144,57 @@ _PAIR_FORMS = ("{a} and {b}", "{a} and {b}", "{a} next to {b}", "{a} together wi
 
 def caption_for(condition: Condition, rng: random.Random) -> str:
     """One random paraphrase of the condition."""
+    return caption_with_spans(condition, rng)[0]
+
+
+def _words(phrase: str) -> tuple[int, int]:
+    """The span of a noun phrase without its leading article."""
+    for article in ("a ", "an "):
+        if phrase.startswith(article):
+            return len(article), len(phrase)
+    return 0, len(phrase)
+
+
+def _fill(template: str, **phrases: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    """template.format(**phrases), and where each phrase's words landed in the result."""
+    out, spans = "", {}
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out += literal
+        if name:
+            start, end = _words(phrases[name])
+            spans[name] = (len(out) + start, len(out) + end)
+            out += phrases[name]
+    return out, spans
+
+
+def caption_with_spans(condition: Condition, rng: random.Random) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """One random paraphrase of the condition and, per spec, the character span of the words that
+    describe it ("red circle" in "a red circle left of a blue square"): what a caption says about
+    each object, which a teacher's cross-attention can be taught to read (trainer/attention_maps.py).
+    Draws from `rng` exactly as `caption_for` always has, so datasets and held-out sets are unchanged."""
     specs = condition.specs
     if condition.category == "counting":
-        body = _plural_phrase(rng, specs[0])
+        body, spans = _fill("{a}", a=_plural_phrase(rng, specs[0]))
     elif len(specs) == 1:
-        body = _phrase(rng, specs[0])
+        body, spans = _fill("{a}", a=_phrase(rng, specs[0]))
     elif condition.relation:
-        body = rng.choice(_RELATION_FORMS[condition.relation]).format(a=_phrase(rng, specs[0]), b=_phrase(rng, specs[1]))
+        template = rng.choice(_RELATION_FORMS[condition.relation])
+        body, spans = _fill(template, a=_phrase(rng, specs[0]), b=_phrase(rng, specs[1]))
     else:
         a, b = _phrase(rng, specs[0]), _phrase(rng, specs[1])
-        if rng.random() < 0.5:
-            a, b = b, a
-        body = rng.choice(_PAIR_FORMS).format(a=a, b=b)
+        swapped = rng.random() < 0.5
+        template = rng.choice(_PAIR_FORMS)
+        if swapped:  # the second spec is named first
+            body, filled = _fill(template, a=b, b=a)
+            spans = {"a": filled["b"], "b": filled["a"]}
+        else:
+            body, spans = _fill(template, a=a, b=b)
     prefix = rng.choice(_PREFIXES)
     if prefix == "there is " and condition.category == "counting":
         prefix = "there are "
-    return f"{prefix}{body}{rng.choice(_SUFFIXES)}"
+    caption = f"{prefix}{body}{rng.choice(_SUFFIXES)}"
+    shift = len(prefix)
+    return caption, tuple((spans[k][0] + shift, spans[k][1] + shift) for k in "ab"[: len(specs)])
 
 
 def _condition(rng: random.Random, category: str) -> Condition:
@@ -229,9 +267,9 @@ def sample_scene(rng: random.Random, category: str | None = None, split: str = "
         if objects is None:
             continue
         for _ in range(50):
-            caption = caption_for(condition, rng)
+            caption, spans = caption_with_spans(condition, rng)
             if is_eval_caption(caption) == (split == "eval"):
-                return Scene(objects, condition, caption)
+                return Scene(objects, condition, caption, spans)
 
 
 def is_eval_caption(caption: str) -> bool:
@@ -323,8 +361,8 @@ def scene_tensors(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     }
 
 
-def render_tensors(params: dict[str, torch.Tensor], resolution: int = RESOLUTION) -> torch.Tensor:
-    """Render packed scenes to (B, 3, H, W) in [0, 1] on the parameters' device."""
+def object_coverage(params: dict[str, torch.Tensor], resolution: int = RESOLUTION) -> torch.Tensor:
+    """Each object slot's anti-aliased coverage (B, MAX_OBJECTS, H, W) in [0, 1]; empty slots are 0."""
     b, k = params["shape"].shape
     active = params["active"].reshape(-1).nonzero().squeeze(1)  # inactive slots cost nothing
     cover = torch.zeros(b * k, resolution, resolution, device=params["x"].device)
@@ -335,7 +373,16 @@ def render_tensors(params: dict[str, torch.Tensor], resolution: int = RESOLUTION
         params["r"].reshape(-1)[active],
         resolution,
     )
-    cover = cover.view(b, k, resolution, resolution)
+    return cover.view(b, k, resolution, resolution)
+
+
+def render_tensors(
+    params: dict[str, torch.Tensor], resolution: int = RESOLUTION, cover: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Render packed scenes to (B, 3, H, W) in [0, 1] on the parameters' device (`cover`: their
+    `object_coverage`, when the caller already has it)."""
+    cover = object_coverage(params, resolution) if cover is None else cover
+    b, k = cover.shape[:2]
     background = torch.tensor(BACKGROUND, device=cover.device, dtype=torch.float32).view(1, 3, 1, 1) / 255.0
     image = background.expand(b, 3, resolution, resolution).clone()
     for j in range(k):  # objects never overlap, so painting order does not matter
