@@ -101,7 +101,10 @@ class FlowMatching(ImageMethod):
     def loss(
         self, phase: str, networks: dict, batch: dict, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x0, cover = render_batch(batch, self.resolution, self.device, coverage=True)
+        if self.grounded:
+            x0, cover = render_batch(batch, self.resolution, self.device, coverage=True)
+        else:
+            x0 = render_batch(batch, self.resolution, self.device)
         b = x0.shape[0]
         emb = self.text_encoder.encode_tokens(batch["tokens"])
         keep = torch.rand(b, generator=generator, device=self.device) >= self.args.cfg_dropout
