@@ -7,6 +7,7 @@ with sigma ~ logit-normal(m, s) and c replaced by the null condition with probab
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -114,20 +115,19 @@ class FlowMatching(ImageMethod):
         noise = torch.randn(x0.shape, generator=generator, device=self.device)
         s = sigma.view(b, 1, 1, 1)
         x_sigma = (1 - s) * x0 + s * noise
-        if not self.grounded:
+        recording = record_cross_attention(unwrap(networks["model"])) if self.grounded else contextlib.nullcontext()
+        with recording as maps:
             velocity = denoiser_velocity(networks["model"], x_sigma, sigma * 1000, emb)
-            loss = flow_matching_loss(velocity, x0, noise)
-            return loss, {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
-        with record_cross_attention(unwrap(networks["model"])) as maps:
-            velocity = denoiser_velocity(networks["model"], x_sigma, sigma * 1000, emb)
-        fm = flow_matching_loss(velocity, x0, noise)
-        owners = batch["object_specs"].to(self.device)
-        token, pixel = grounding_losses(maps, batch["phrase_tokens"].to(self.device), spec_coverage(cover, owners), keep)
-        loss = fm + self.args.attention_token_weight * token + self.args.attention_pixel_weight * pixel
-        return loss, {
-            "loss": loss.detach(),
-            "flow_loss": fm.detach(),
-            "attention_token_loss": token.detach(),
-            "attention_pixel_loss": pixel.detach(),
-            "sigma_mean": sigma.mean().detach(),
-        }
+        loss = flow_matching_loss(velocity, x0, noise)
+        metrics = {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
+        if self.grounded:
+            owners = batch["object_specs"].to(self.device)
+            token, pixel = grounding_losses(maps, batch["phrase_tokens"].to(self.device), spec_coverage(cover, owners), keep)
+            metrics |= {
+                "flow_loss": loss.detach(),
+                "attention_token_loss": token.detach(),
+                "attention_pixel_loss": pixel.detach(),
+            }
+            loss = loss + self.args.attention_token_weight * token + self.args.attention_pixel_weight * pixel
+            metrics["loss"] = loss.detach()
+        return loss, metrics
