@@ -115,7 +115,9 @@ class PositionedConv2d(torch.nn.Conv2d):
         if out.shape[-1] != out.shape[-2]:
             raise ValueError(f"position features are defined for square images, got {tuple(out.shape[-2:])}")
         grid = self.grid
-        if grid.shape[-1] != out.shape[-1]:  # another resolution than the trained one: build its grid
+        # Another resolution than the trained one builds its grid; so does an ONNX trace, so that the
+        # exported graph computes the grid from the input's size instead of baking in the trained one.
+        if grid.shape[-1] != out.shape[-1] or torch.jit.is_tracing():
             grid = position_grid(out.shape[-1], self.frequencies)[None].to(out.device) * self.gain
         return out + self.position(grid.to(out.dtype))
 

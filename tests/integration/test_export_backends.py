@@ -169,6 +169,26 @@ def test_transformer_denoiser_exports_with_dynamic_resolution(tmp_path):
     assert result.passed and {c["resolution"] for c in result.checks} == {16, 8}, result.checks
 
 
+def test_positioned_refined_unet_exports_with_dynamic_resolution(tmp_path):
+    """A UNet with the text refiner and absolute position features (the shipped image models' layout):
+    the graph builds its position grid from the input's size, so parity holds at the second resolution
+    too (a traced constant grid would fail to broadcast there)."""
+    from engines.card import ModelCard
+    from engines.refined_unet import PositionedConv2d
+    from trainer.image_task import export_checkpoint
+    from trainer.networks import add_unet_conditioning, build_network
+
+    torch.manual_seed(0)
+    unet = add_unet_conditioning(build_network("unet-tiny"), 1, 16, 2, position_frequencies=4)
+    assert isinstance(unet.conv_in, PositionedConv2d)
+    torch.nn.init.normal_(unet.conv_in.position.weight, std=0.5)  # trained features are not zero
+    card = ModelCard(id="pos", modality="image", role="student", method="random", default_steps=1, resolution=16)
+    export_checkpoint(unet, tmp_path / "pos", card, dtype="float32")
+    spec = denoiser_spec(tmp_path / "pos", "fp32")
+    result = check_parity(spec, export_graph(spec, tmp_path, DEFAULT_OPSET), TOLERANCES["fp32"])
+    assert result.passed and {c["resolution"] for c in result.checks} == {16, 8}, result.checks
+
+
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is importable here; the build test covers it")
 def test_tensorrt_unavailable_says_so_and_exits_non_zero(tiny_image_root, capsys):
     assert trainer_main(["export", str(tiny_image_root / MODEL), "--to", "tensorrt"]) != 0

@@ -1,0 +1,67 @@
+# Image students of the shipped teacher, several variants at once on one GPU, over consecutive calls.
+#   bash scripts/device_students.sh train MINUTES   trains every variant below for MINUTES (a second call
+#                                                    on the still-warm machine resumes each run exactly)
+#   bash scripts/device_students.sh bench            benches the teacher and every exported student on
+#                                                    560 prompts; returns the results and the best exports
+# Each variant is NAME="config overrides"; its run lives in runs/NAME and exports as checkpoint NAME.
+# Carry .device (MiniLM + wheels); keep checkpoints other than shapes-teacher/shapes-features out of the tree.
+source scripts/device_env.sh
+export PYTHONPATH=.
+VARIANTS=(
+  "shapes-dmd2=shapes-dmd2"
+  "shapes-dmd2-gan=shapes-dmd2 --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
+  "shapes-dmd2-gan-strong=shapes-dmd2 --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.1"
+  "shapes-dmd2-reward=shapes-dmd2 --method_config.reward_beta=2"
+  "shapes-scm=shapes-scm"
+)
+R=runs/students && mkdir -p $R runs/exports
+# 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
+# (bench/results/device/students-h200): five DMD2-sized runs at once made ~60-110 images/s each against
+# ~350 for one alone, so sharing buys no throughput: name fewer variants (third argument) to go further.
+export OMP_NUM_THREADS=2
+
+train() {  # NAME CONFIG MINUTES [overrides]
+  local name=$1 config=$2 minutes=$3; shift 3
+  python -m trainer train configs/$config.yaml --run_dir=runs/$name --max_minutes=$minutes --compile=false \
+    --num_workers=2 --eval_every=300 --eval_prompts=140 --export.id=$name \
+    --export.output_dir=runs/exports/$name "$@" 2>&1 | grep --line-buffered -v "kept in float32" >> $R/$name.log
+  cp runs/$name/metrics.jsonl $R/metrics-$name.jsonl
+  cp runs/$name/samples/latest.png $R/samples-$name.png 2>/dev/null
+  rm -rf checkpoints/$name && cp -r runs/exports/$name checkpoints/$name
+}
+
+case $1 in
+  train)
+    for v in "${VARIANTS[@]}"; do
+      name=${v%%=*}; spec=(${v#*=})
+      [ -n "$3" ] && [[ " $3 " != *" $name "* ]] && continue  # optional: only the named variants
+      train $name ${spec[0]} $2 "${spec[@]:1}" &
+    done
+    wait
+    for v in "${VARIANTS[@]}"; do n=${v%%=*}; echo "== $n"; grep -E "^eval at|budget|Error|error" $R/$n.log | tail -4; done
+    tar cf $OUT/logs.tar -C $R .
+    ;;
+  bench)
+    models=shapes-teacher
+    for v in "${VARIANTS[@]}"; do models="$models,${v%%=*}"; done
+    [ -n "$2" ] && models=$2  # optional: only these models
+    # a new call's tree sync drops the copies `train` made under checkpoints/: copy the exports again
+    for n in ${models//,/ }; do
+      [ -d runs/exports/$n ] && rm -rf checkpoints/$n && cp -r runs/exports/$n checkpoints/$n
+    done
+    unset OMP_NUM_THREADS
+    python -m bench image --models $models --out $R/bench > $R/bench-image.log 2>&1
+    tail -n 45 $R/bench-image.log
+    tar cf $OUT/results.tar -C $R .
+    # the best one-step DMD2 variant and the sCM student come back as checkpoints
+    best=$(python3 - <<'PY'
+import json, glob
+rows = json.load(open(glob.glob("runs/students/bench/image-*.json")[0]))["rows"]
+dmd = [r for r in rows if r["model"].startswith("shapes-dmd2") and r["steps"] == 1]
+print(max(dmd, key=lambda r: r["quality"]["overall"])["model"])
+PY
+)
+    echo "best one-step DMD2 variant: $best"
+    tar cf - -C checkpoints $best shapes-scm | split -b 15000000 - $OUT/exports.tar.
+    ;;
+esac
