@@ -45,15 +45,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="keep the result file's rows of models not run now (same device and prompts), e.g. a model benchmarked "
-        "in a later call on the same GPU",
+        help="keep the result file's rows that this run does not measure again (same device and prompts): another "
+        "model, or other step counts of the same one, e.g. a slow CPU's 25- and 50-step rows added in a later run",
     )
     return parser.parse_args(argv)
 
 
-def kept_rows(path: Path, names: list[str], device: str, prompts: int) -> tuple[list[dict], str]:
-    """For --merge: the rows of other models in an earlier result file, and a note saying where they came
-    from. Rows measured on another device or over another prompt set would not be comparable: refused."""
+def kept_rows(path: Path, measured: set[tuple[str, int]], device: str, prompts: int) -> tuple[list[dict], str]:
+    """For --merge: the rows of an earlier result file that this run does not measure again (other models,
+    or other step counts of the same model: a slow CPU can add its 25- and 50-step rows in a later run),
+    and a note saying where they came from. Rows measured on another device or over another prompt set
+    would not be comparable: refused."""
     if not path.is_file():
         return [], ""
     old = json.loads(path.read_text())
@@ -62,11 +64,28 @@ def kept_rows(path: Path, names: list[str], device: str, prompts: int) -> tuple[
             f"--merge: {path} holds {old.get('prompts')} prompts on {old.get('device')!r}, this run {prompts} on "
             f"{device!r}; rows measured differently cannot share a table (write elsewhere with --out)"
         )
-    kept = [r for r in old["rows"] if r["model"] not in names]
+    kept = [r for r in old["rows"] if (r["model"], r["steps"]) not in measured]
     if not kept:
         return [], ""
-    models = ", ".join(dict.fromkeys(r["model"] for r in kept))
-    return kept, f" Rows of {models} kept from the run of {old['created']} (git {old['git']}) on a device of the same name."
+    by_model: dict[str, list[str]] = {}
+    for r in kept:
+        by_model.setdefault(r["model"], []).append(str(r["steps"]))
+    what = ", ".join(f"{m} ({'/'.join(steps)} steps)" for m, steps in by_model.items())
+    return kept, f" Rows of {what} kept from the run of {old['created']} (git {old['git']}) on a device of the same name."
+
+
+def step_counts(args, role: str) -> list[int]:
+    """The step counts this run measures for a model of `role`."""
+    by_role = args.teacher_steps if role == "teacher" else args.student_steps
+    return [int(s) for s in (args.steps or by_role).split(",") if s]
+
+
+def merged(kept: list[dict], rows: list[dict], order: list[str]) -> list[dict]:
+    """Kept and new rows in one table: models in run order (models only kept come first), steps ascending."""
+    rank = {name: i for i, name in enumerate(order)}
+    everything = kept + rows
+    first_seen = {r["model"]: i for i, r in reversed(list(enumerate(everything)))}
+    return sorted(everything, key=lambda r: (rank.get(r["model"], -1), first_seen[r["model"]], r["steps"]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = model_names(args, registry, "image")
     kept, kept_note = [], ""
     if args.merge:  # checked before anything is timed
-        kept, kept_note = kept_rows(args.out / f"image-{device_slug(device)}.json", names, device_name(device), args.prompts)
+        measured = {(n, k) for n in names for k in step_counts(args, registry.card(n).role)}
+        kept, kept_note = kept_rows(args.out / f"image-{device_slug(device)}.json", measured, device_name(device), args.prompts)
     scenes = shapes.eval_scenes(args.prompts)
     prompts, conditions = [s.caption for s in scenes], [s.condition for s in scenes]
     seeds = list(range(len(scenes)))
@@ -99,9 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         card = registry.card(name)
         engine = registry.engine(name)
-        by_role = args.teacher_steps if card.role == "teacher" else args.student_steps
-        steps_list = [int(s) for s in (args.steps or by_role).split(",") if s]
-        for steps in steps_list:
+        for steps in step_counts(args, card.role):
             started = time.perf_counter()
             images = engine.sample_prompts(prompts, seeds, steps, batch_size=chunk)
             quality = shapes.judge(shapes.to_uint8((images.float() + 1) / 2), conditions)
@@ -160,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         sample_sheet(engine, prompts[:16], args.out / f"image-{name}-{device_slug(device)}.png")
         registry.unload_all()
 
-    rows = kept + rows
+    rows = merged(kept, rows, names)
     summary = summarise(rows)
     extra = {
         "notes": f"{len(prompts)} held-out prompts (world 'shapes', eval seed 2024), image i from seed i; "

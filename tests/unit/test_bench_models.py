@@ -26,19 +26,32 @@ def test_an_unknown_or_other_modality_model_stops_the_suite_before_it_starts(mod
     assert "known: " in str(stopped.value) and "shapes-teacher" in str(stopped.value)
 
 
-def test_merge_keeps_other_models_rows_of_the_same_setup_and_refuses_others(tmp_path) -> None:
+def test_merge_keeps_rows_not_measured_again_and_refuses_other_setups(tmp_path) -> None:
     import json
 
-    from bench.image import kept_rows
+    from bench.image import kept_rows, merged
 
     path = tmp_path / "image-h100.json"
-    assert kept_rows(path, ["shapes-dmd2"], "NVIDIA H100", 560) == ([], "")  # nothing to merge with
+    dmd2 = {("shapes-dmd2", k) for k in (1, 2, 4)}
+    assert kept_rows(path, dmd2, "NVIDIA H100", 560) == ([], "")  # nothing to merge with
     rows = [{"model": "shapes-teacher", "steps": s} for s in (1, 25)] + [{"model": "shapes-dmd2", "steps": 1}]
     earlier = {"device": "NVIDIA H100", "prompts": 560, "created": "2026-11-26T17:35:54+00:00", "git": "ae010fa", "rows": rows}
     path.write_text(json.dumps(earlier))
-    kept, note = kept_rows(path, ["shapes-dmd2"], "NVIDIA H100", 560)
+    kept, note = kept_rows(path, dmd2, "NVIDIA H100", 560)
     assert kept == rows[:2]  # the model run now replaces its own old rows
-    assert "shapes-teacher" in note and "2026-11-26T17:35:54" in note and "ae010fa" in note
+    assert "shapes-teacher (1/25 steps)" in note and "2026-11-26T17:35:54" in note and "ae010fa" in note
+    # the same model at other step counts: only the re-measured step count is replaced
+    kept, note = kept_rows(path, {("shapes-teacher", 25), ("shapes-teacher", 50)}, "NVIDIA H100", 560)
+    assert kept == [rows[0], rows[2]] and "shapes-teacher (1 steps), shapes-dmd2 (1 steps)" in note
+    new = [{"model": "shapes-teacher", "steps": 50}, {"model": "shapes-teacher", "steps": 25}]
+    table = merged(kept, new, ["shapes-teacher"])
+    assert [(r["model"], r["steps"]) for r in table] == [
+        ("shapes-dmd2", 1),
+        ("shapes-teacher", 1),
+        ("shapes-teacher", 25),
+        ("shapes-teacher", 50),
+    ]
+    assert kept_rows(path, {(r["model"], r["steps"]) for r in rows}, "NVIDIA H100", 560) == ([], "")
     for device, prompts in (("NVIDIA H200", 560), ("NVIDIA H100", 128)):
         with pytest.raises(SystemExit, match="cannot share a table"):
-            kept_rows(path, ["shapes-dmd2"], device, prompts)
+            kept_rows(path, dmd2, device, prompts)
