@@ -97,27 +97,29 @@ def record_cross_attention(model: torch.nn.Module) -> Iterator[list[torch.Tensor
 
 
 def grounding_losses(
-    maps: list[torch.Tensor], phrase_tokens: torch.Tensor, coverage: torch.Tensor, keep: torch.Tensor
+    maps: list[torch.Tensor], phrase_tokens: torch.Tensor, coverage: torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token loss, pixel loss), each averaged over layers and over the (image, spec) pairs that have
-    a phrase, an object and a kept condition.
+    """(token loss, pixel loss), each averaged over layers and, weighted by `weights`, over the
+    (image, spec) pairs that have a phrase and an object.
 
     maps: (B, P, T) per layer with P a square number of pixels; phrase_tokens: (B, S, T) bool;
-    coverage: (B, S, H, W) spec coverage in [0, 1] at the image resolution; keep: (B,) bool (False
-    where classifier-free-guidance dropout removed the caption)."""
+    coverage: (B, S, H, W) spec coverage in [0, 1] at the image resolution; weights: (B,) per-image
+    weights >= 0, or bool (False where classifier-free-guidance dropout removed the caption)."""
     if not maps:
         raise ValueError("no cross-attention maps were recorded")
+    if weights.shape != coverage.shape[:1] or (weights < 0).any():
+        raise ValueError(f"weights must be {tuple(coverage.shape[:1])} and >= 0, got {tuple(weights.shape)}")
     # float32 throughout: under bf16 autocast 1 - 1e-6 rounds to 1 and the pixel loss's log(1 - a) is -inf
     with torch.autocast(coverage.device.type, enabled=False):
-        return _grounding_losses([m.float() for m in maps], phrase_tokens.float(), coverage.float(), keep)
+        return _grounding_losses([m.float() for m in maps], phrase_tokens.float(), coverage.float(), weights.float())
 
 
 def _grounding_losses(
-    maps: list[torch.Tensor], phrase: torch.Tensor, coverage: torch.Tensor, keep: torch.Tensor
+    maps: list[torch.Tensor], phrase: torch.Tensor, coverage: torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    valid = (phrase.sum(-1) > 0) & (coverage.flatten(2).sum(-1) > 0) & keep[:, None]  # (B, S)
-    weight = valid.float()
-    count = weight.sum().clamp(min=1.0)
+    valid = (phrase.sum(-1) > 0) & (coverage.flatten(2).sum(-1) > 0)  # (B, S)
+    weight = valid.float() * weights[:, None]
+    count = weight.sum().clamp(min=1e-6)
     token_total = coverage.new_zeros(())
     pixel_total = coverage.new_zeros(())
     for probs in maps:

@@ -51,10 +51,23 @@ def test_a_grounded_run_logs_its_attention_losses_and_they_fall(tmp_path, text_e
 
 
 def test_grounding_is_refused_for_bad_weights_and_for_networks_without_cross_attention(tmp_path, text_encoder, tiny_args) -> None:
-    bad = [*tiny_args, f"--run_dir={tmp_path / 'bad'}", "--method_config.attention_token_weight=-1"]
-    with pytest.raises(ConfigError, match="must be >= 0"):
-        train(load_config(None, bad), text_encoder=text_encoder)
+    for key in ("attention_token_weight", "attention_sigma_power"):
+        bad = [*tiny_args, f"--run_dir={tmp_path / 'bad'}", *GROUNDED, f"--method_config.{key}=-1"]
+        with pytest.raises(ConfigError, match="must be >= 0"):
+            train(load_config(None, bad), text_encoder=text_encoder)
     dit = [*tiny_args, f"--run_dir={tmp_path / 'dit'}", "--model_preset=dit-tiny", *GROUNDED]
     with pytest.raises(ConfigError, match="needs a network with cross-attention"):
         train(load_config(None, dit), text_encoder=text_encoder)
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_sigma_power_reweights_the_grounding_losses_and_nothing_else(tmp_path, text_encoder, tiny_args) -> None:
+    """Same data and noise: the flow loss is unchanged, the attention losses are averaged differently."""
+    logged = {}
+    for power in (0, 4):
+        run = tmp_path / f"power{power}"
+        args = [*tiny_args, f"--run_dir={run}", "--model_preset=unet-tiny", "--max_steps=1", "--log_every=1", *GROUNDED]
+        train(load_config(None, [*args, f"--method_config.attention_sigma_power={power}"]), text_encoder=text_encoder)
+        logged[power] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged[4]["flow_loss"] == pytest.approx(logged[0]["flow_loss"], rel=1e-6)
+    assert logged[4]["attention_pixel_loss"] != pytest.approx(logged[0]["attention_pixel_loss"], rel=1e-4)

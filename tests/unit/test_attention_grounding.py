@@ -121,6 +121,25 @@ def test_grounding_losses_reward_attention_on_the_right_object() -> None:
         grounding_losses([], phrase, cover, keep)
 
 
+def test_per_image_weights_choose_which_images_the_losses_average() -> None:
+    """Two images, one attending rightly and one swapped: the weights (sigma^power in training) decide
+    how much each counts; the result is a weighted mean, so uniform weights of any size agree."""
+    phrase, cover = _two_objects()
+    phrase, cover = phrase.repeat(2, 1, 1), cover.repeat(2, 1, 1, 1)
+    probs = torch.cat([_attention(1, 2), _attention(2, 1)])
+    right, _ = grounding_losses([probs], phrase, cover, torch.tensor([1.0, 0.0]))
+    swapped, _ = grounding_losses([probs], phrase, cover, torch.tensor([0.0, 1.0]))
+    even, _ = grounding_losses([probs], phrase, cover, torch.tensor([0.3, 0.3]))
+    leaning, _ = grounding_losses([probs], phrase, cover, torch.tensor([0.1, 0.9]))
+    assert right.item() < 1e-4 and swapped.item() > 0.99
+    assert even.item() == pytest.approx((right.item() + swapped.item()) / 2, abs=1e-4)
+    assert leaning.item() == pytest.approx(0.1 * right.item() + 0.9 * swapped.item(), abs=1e-4)
+    with pytest.raises(ValueError, match=">= 0"):
+        grounding_losses([probs], phrase, cover, torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="weights must be"):
+        grounding_losses([probs], phrase, cover, torch.ones(3))
+
+
 def test_grounding_losses_stay_finite_under_bf16_autocast() -> None:
     phrase, cover = _two_objects()
     probs = _attention(1, 2).bfloat16().requires_grad_()

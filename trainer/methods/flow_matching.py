@@ -43,6 +43,10 @@ class FlowMatchingConfig:
     # (object pixels attend to their own phrase), added to the flow-matching loss. UNets only.
     attention_token_weight: float = 0.0
     attention_pixel_weight: float = 0.0
+    # > 0: weight each image's grounding losses by sigma^power (normalised over the batch), so they act
+    # where the layout is decided: at high noise the objects are not yet visible and only the caption
+    # can say where each one goes; at low noise attention can simply find them in the image.
+    attention_sigma_power: float = 0.0
 
 
 def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -86,10 +90,10 @@ class FlowMatching(ImageMethod):
                 a.position_frequencies,
                 a.position_gain,
             )
-        if a.attention_token_weight < 0 or a.attention_pixel_weight < 0:
+        if min(a.attention_token_weight, a.attention_pixel_weight, a.attention_sigma_power) < 0:
             raise ConfigError(
-                "method_config.attention_token_weight and attention_pixel_weight must be >= 0, "
-                f"got {a.attention_token_weight}, {a.attention_pixel_weight}"
+                "method_config.attention_token_weight, attention_pixel_weight and attention_sigma_power must be "
+                f">= 0, got {a.attention_token_weight}, {a.attention_pixel_weight}, {a.attention_sigma_power}"
             )
         self.grounded = bool(a.attention_token_weight or a.attention_pixel_weight)
         if self.grounded and not any(getattr(m, "is_cross_attention", False) for m in network.modules()):
@@ -122,7 +126,9 @@ class FlowMatching(ImageMethod):
         metrics = {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
         if self.grounded:
             owners = batch["object_specs"].to(self.device)
-            token, pixel = grounding_losses(maps, batch["phrase_tokens"].to(self.device), spec_coverage(cover, owners), keep)
+            weights = keep.float() * sigma.float() ** self.args.attention_sigma_power  # dropped captions: 0
+            cover = spec_coverage(cover, owners)
+            token, pixel = grounding_losses(maps, batch["phrase_tokens"].to(self.device), cover, weights)
             metrics |= {
                 "flow_loss": loss.detach(),
                 "attention_token_loss": token.detach(),
