@@ -215,6 +215,21 @@ def summarise(rows: list[dict]) -> dict:
         summary["teacher_best_latency_ms_p50"] = best["latency_ms_p50"]
         summary["teacher_best_fd"] = best["fd"]
         summary["teacher_lowest_fd"] = min(r["fd"] for r in teachers)
+        fifty = [r for r in teachers if r["steps"] == 50]
+        if fifty:
+            summary["teacher_50step_fd"] = fifty[0]["fd"]
+    one_step = [r for r in rows if r["role"] == "student" and r["steps"] == 1]
+    if one_step:
+        best = max(one_step, key=lambda r: r["quality"]["overall"])
+        summary["student_best_1step_model"] = best["model"]
+        summary["student_best_1step_overall"] = best["quality"]["overall"]
+        summary["student_best_1step_fd"] = best["fd"]
+        if teachers and fifty:
+            # issue 3's target: within 0.01 of the teacher's best judge score, FD within 1.5x its 50-step FD
+            summary["one_step_target_met"] = bool(
+                best["quality"]["overall"] >= summary["teacher_best_overall"] - 0.01
+                and best["fd"] <= 1.5 * summary["teacher_50step_fd"]
+            )
     return summary
 
 

@@ -55,3 +55,22 @@ def test_merge_keeps_rows_not_measured_again_and_refuses_other_setups(tmp_path) 
     for device, prompts in (("NVIDIA H200", 560), ("NVIDIA H100", 128)):
         with pytest.raises(SystemExit, match="cannot share a table"):
             kept_rows(path, dmd2, device, prompts)
+
+
+def _image_row(model: str, role: str, steps: int, overall: float, fd: float) -> dict:
+    return {"model": model, "role": role, "steps": steps, "quality": {"overall": overall}, "fd": fd, "latency_ms_p50": 1.0}
+
+
+def test_image_summary_says_whether_the_best_one_step_student_meets_the_target() -> None:
+    from bench.image import summarise
+
+    teacher = [_image_row("t", "teacher", 25, 0.88, 17.0), _image_row("t", "teacher", 50, 0.87, 20.0)]
+    weak = summarise([*teacher, _image_row("a", "student", 1, 0.65, 79.0), _image_row("b", "student", 1, 0.51, 170.0)])
+    assert (weak["student_best_1step_model"], weak["student_best_1step_overall"]) == ("a", 0.65)
+    assert weak["teacher_50step_fd"] == 20.0 and weak["one_step_target_met"] is False
+    # a 4-step row scoring higher is not a one-step result
+    assert summarise([*teacher, _image_row("a", "student", 4, 0.95, 10.0)]).get("student_best_1step_model") is None
+    assert summarise([*teacher, _image_row("a", "student", 1, 0.871, 29.9)])["one_step_target_met"] is True
+    assert summarise([*teacher, _image_row("a", "student", 1, 0.869, 29.9)])["one_step_target_met"] is False  # judge
+    assert summarise([*teacher, _image_row("a", "student", 1, 0.90, 30.1)])["one_step_target_met"] is False  # FD
+    assert "one_step_target_met" not in summarise([teacher[0], _image_row("a", "student", 1, 0.9, 1.0)])  # no 50 steps
