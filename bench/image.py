@@ -84,8 +84,8 @@ def merged(kept: list[dict], rows: list[dict], order: list[str]) -> list[dict]:
     """Kept and new rows in one table: models in run order (models only kept come first), steps ascending."""
     rank = {name: i for i, name in enumerate(order)}
     everything = kept + rows
-    first_seen = {r["model"]: i for i, r in reversed(list(enumerate(everything)))}
-    return sorted(everything, key=lambda r: (rank.get(r["model"], -1), first_seen[r["model"]], r["steps"]))
+    seen = {name: i for i, name in enumerate(dict.fromkeys(r["model"] for r in everything))}
+    return sorted(everything, key=lambda r: (rank.get(r["model"], -1), seen[r["model"]], r["steps"]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -224,7 +224,7 @@ def summarise(rows: list[dict]) -> dict:
         summary["student_best_1step_model"] = best["model"]
         summary["student_best_1step_overall"] = best["quality"]["overall"]
         summary["student_best_1step_fd"] = best["fd"]
-        if teachers and fifty:
+        if "teacher_50step_fd" in summary:
             # issue 3's target: within 0.01 of the teacher's best judge score, FD within 1.5x its 50-step FD
             summary["one_step_target_met"] = bool(
                 best["quality"]["overall"] >= summary["teacher_best_overall"] - 0.01

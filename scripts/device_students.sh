@@ -27,7 +27,6 @@ train() {  # NAME CONFIG MINUTES [overrides]
     --export.output_dir=runs/exports/$name "$@" 2>&1 | grep --line-buffered -v "kept in float32" >> $R/$name.log
   cp runs/$name/metrics.jsonl $R/metrics-$name.jsonl
   cp runs/$name/samples/latest.png $R/samples-$name.png 2>/dev/null
-  rm -rf checkpoints/$name && cp -r runs/exports/$name checkpoints/$name
 }
 
 case $1 in
@@ -45,7 +44,7 @@ case $1 in
     models=shapes-teacher
     for v in "${VARIANTS[@]}"; do models="$models,${v%%=*}"; done
     [ -n "$2" ] && models=$2  # optional: only these models
-    # a new call's tree sync drops the copies `train` made under checkpoints/: copy the exports again
+    # the registry reads checkpoints/, which each call's tree sync resets: copy the exports in here
     for n in ${models//,/ }; do
       [ -d runs/exports/$n ] && rm -rf checkpoints/$n && cp -r runs/exports/$n checkpoints/$n
     done
@@ -62,6 +61,7 @@ print(max(dmd, key=lambda r: r["quality"]["overall"])["model"])
 PY
 )
     echo "best one-step DMD2 variant: $best"
-    tar cf - -C checkpoints $best shapes-scm | split -b 15000000 - $OUT/exports.tar.
+    keep=$best; [ -d checkpoints/shapes-scm ] && keep="$keep shapes-scm"
+    tar cf - -C checkpoints $keep | split -b 15000000 - $OUT/exports.tar.
     ;;
 esac
