@@ -5,6 +5,10 @@
 #                                                    560 prompts; returns the results and the best exports
 # Each variant is NAME="config overrides"; its run lives in runs/NAME and exports as checkpoint NAME.
 # Carry .device (MiniLM + wheels); keep checkpoints other than shapes-teacher/shapes-features out of the tree.
+# Variants that start from the shipped student need it in the tree too, and teacher + student + carry
+# exceed the 64 MiB a call may send: send the teacher first and keep it on the warm machine,
+#   bash scripts/device_students.sh keep-teacher     (tree with shapes-teacher: copies it to runs/teacher)
+# then, within idle_release_s, train with shapes-dmd2 in the tree instead; runs use runs/teacher.
 source scripts/device_env.sh
 export PYTHONPATH=.
 VARIANTS=(
@@ -13,6 +17,10 @@ VARIANTS=(
   "shapes-dmd2-gan-strong=shapes-dmd2 --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.1"
   "shapes-dmd2-reward=shapes-dmd2 --method_config.reward_beta=2"
   "shapes-scm=shapes-scm"
+  # session 11: one-step specialists fine-tuned from the shipped student (its 1-step eval was flat at
+  # 0.61-0.63 over its last 650 steps of 1/2/4-step training), with and without the GAN head
+  "shapes-dmd2-1step=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1]"
+  "shapes-dmd2-1step-gan=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
@@ -20,9 +28,12 @@ R=runs/students && mkdir -p $R runs/exports
 # ~350 for one alone, so sharing buys no throughput: name fewer variants (third argument) to go further.
 export OMP_NUM_THREADS=2
 
+TEACHER=()
+[ ! -f checkpoints/shapes-teacher/card.json ] && [ -f runs/teacher/card.json ] && TEACHER=(--teacher=runs/teacher)
+
 train() {  # NAME CONFIG MINUTES [overrides]
   local name=$1 config=$2 minutes=$3; shift 3
-  python -m trainer train configs/$config.yaml --run_dir=runs/$name --max_minutes=$minutes --compile=false \
+  python -m trainer train configs/$config.yaml "${TEACHER[@]}" --run_dir=runs/$name --max_minutes=$minutes --compile=false \
     --num_workers=2 --eval_every=300 --eval_prompts=140 --export.id=$name \
     --export.output_dir=runs/exports/$name "$@" 2>&1 | grep --line-buffered -v "kept in float32" >> $R/$name.log
   cp runs/$name/metrics.jsonl $R/metrics-$name.jsonl
@@ -30,6 +41,9 @@ train() {  # NAME CONFIG MINUTES [overrides]
 }
 
 case $1 in
+  keep-teacher)
+    rm -rf runs/teacher && cp -r checkpoints/shapes-teacher runs/teacher && ls runs/teacher
+    ;;
   train)
     for v in "${VARIANTS[@]}"; do
       name=${v%%=*}; spec=(${v#*=})
@@ -49,19 +63,22 @@ case $1 in
       [ -d runs/exports/$n ] && rm -rf checkpoints/$n && cp -r runs/exports/$n checkpoints/$n
     done
     unset OMP_NUM_THREADS
-    python -m bench image --models $models --out $R/bench > $R/bench-image.log 2>&1
+    # rows of models not benched again are kept from the committed result file of this GPU (--merge)
+    mkdir -p $R/bench && cp bench/results/image-*.json bench/results/image-*.md $R/bench/ 2>/dev/null
+    python -m bench image --models $models --out $R/bench --merge > $R/bench-image.log 2>&1
     tail -n 45 $R/bench-image.log
     tar cf $OUT/results.tar -C $R .
-    # the best one-step DMD2 variant and the sCM student come back as checkpoints
-    best=$(python3 - <<'PY'
-import json, glob
-rows = json.load(open(glob.glob("runs/students/bench/image-*.json")[0]))["rows"]
-dmd = [r for r in rows if r["model"].startswith("shapes-dmd2") and r["steps"] == 1]
+    # the best one-step DMD2 variant of this run and the sCM student come back as checkpoints
+    best=$(MODELS=$models python3 - <<'PY'
+import glob, json, os
+models = os.environ["MODELS"].split(",")
+rows = json.load(open(max(glob.glob("runs/students/bench/image-*.json"), key=os.path.getmtime)))["rows"]
+dmd = [r for r in rows if r["model"] in models and r["model"].startswith("shapes-dmd2") and r["steps"] == 1]
 print(max(dmd, key=lambda r: r["quality"]["overall"])["model"])
 PY
 )
     echo "best one-step DMD2 variant: $best"
-    keep=$best; [ -d checkpoints/shapes-scm ] && keep="$keep shapes-scm"
+    keep=$best; [[ ",$models," == *,shapes-scm,* ]] && [ -d checkpoints/shapes-scm ] && keep="$keep shapes-scm"
     tar cf - -C checkpoints $keep | split -b 15000000 - $OUT/exports.tar.
     ;;
 esac

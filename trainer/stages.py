@@ -1,5 +1,7 @@
-"""Training in stages: a run that continues a model under the same id (init_from a checkpoint whose
-card has the export's id) reports the model's whole training, not just its last stage."""
+"""Training in stages: a run that continues a model reports the model's whole training, not just its
+last stage. It continues one when init_from is a checkpoint under the export's id (a further stage), or
+another student (a student fine-tuned from a student, e.g. a one-step specialist of a 1/2/4-step one,
+cost both runs); a student started from its teacher reports its own cost, the teacher's card its own."""
 
 from __future__ import annotations
 
@@ -9,12 +11,12 @@ SEEN_KEYS = ("images_seen", "clips_seen", "sequences_seen")
 
 
 def continued_card(init_from: str | None, export_id: str) -> ModelCard | None:
-    """The card of the model this run continues, when it exports under the same id (a further
-    training stage), else None (a fresh model, or a student started from its teacher)."""
+    """The card of the model this run continues: one under the same id (a further training stage) or
+    another student; else None (a fresh model, or a student started from its teacher)."""
     if not init_from:
         return None
     card = load_card(init_from)
-    return card if card.id == export_id else None
+    return card if card.id == export_id or card.role == "student" else None
 
 
 def with_earlier_stages(
@@ -37,6 +39,8 @@ def with_earlier_stages(
     if device:
         stage["device"] = device
     first = {k: v for k, v in earlier.data.items() if k != "stages"} | {"train_gpu_seconds": earlier.train_gpu_seconds}
+    if earlier.id != export_id:
+        first["model"] = earlier.id  # the student this one was fine-tuned from
     if earlier.device and "stages" not in earlier.data:
         first["device"] = earlier.device  # a one-stage model's card names its device at the top level
     data = {**data, "stages": [*earlier.data.get("stages", [first]), stage]}

@@ -6,11 +6,13 @@ from engines.card import ModelCard
 from trainer.stages import with_earlier_stages
 
 
-def _save(tmp_path, name: str, card_id: str, seconds: float | None, data: dict, device: str | None = None) -> str:
+def _save(
+    tmp_path, name: str, card_id: str, seconds: float | None, data: dict, device: str | None = None, role: str = "teacher"
+) -> str:
     card = ModelCard(
         id=card_id,
         modality="video",
-        role="teacher",
+        role=role,
         method="video_fm",
         default_steps=16,
         resolution=64,
@@ -60,3 +62,12 @@ def test_other_ids_cpu_runs_and_fresh_models_are_single_stage(tmp_path) -> None:
     assert with_earlier_stages(fresh, 9.0, None, "motion-teacher", "r") == (fresh, 9.0)
     cpu = _save(tmp_path, "c", "motion-teacher", None, {"clips_seen": 1})
     assert with_earlier_stages(fresh, 9.0, cpu, "motion-teacher", "r") == (fresh, 9.0)  # no GPU cost to add
+
+
+def test_a_student_fine_tuned_from_another_student_reports_both_runs(tmp_path) -> None:
+    # e.g. the one-step specialist shapes-dmd2-1step-gan, started from the 1/2/4-step shapes-dmd2
+    base = _save(tmp_path, "s", "shapes-dmd2", 1230.0, {"images_seen": 500, "init_from": None}, "NVIDIA H200", "student")
+    data, seconds = with_earlier_stages({"images_seen": 80}, 541.4, base, "shapes-dmd2-1step-gan", "runs/gan", "NVIDIA H200")
+    assert seconds == 1771.4 and data["images_seen"] == 580
+    assert data["stages"][0]["model"] == "shapes-dmd2" and data["stages"][0]["train_gpu_seconds"] == 1230.0
+    assert data["stages"][1] == {"config": "runs/gan", "train_gpu_seconds": 541.4, "images_seen": 80, "device": "NVIDIA H200"}
