@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     # from 0 a perfect generator would land with this many prompts.
     other = shapes.render(shapes.eval_scenes(args.prompts, seed=OTHER_SEED), device)
     real_fd = frechet_distance(fid_features(features, fd_images(other)), reference)
+    free_scenes = sum(shapes.leaves_colour_free(c) for c in conditions)
+    renders_free_bits = shapes.entropy_bits(shapes.free_colour_shares(shapes.to_uint8(renders), conditions))
     floors: dict[int, float] = {}
 
     rows = []
@@ -122,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
         for steps in step_counts(args, card.role):
             started = time.perf_counter()
             images = engine.sample_prompts(prompts, seeds, steps, batch_size=chunk)
-            quality = shapes.judge(shapes.to_uint8((images.float() + 1) / 2), conditions)
+            pixels = shapes.to_uint8((images.float() + 1) / 2)
+            quality = shapes.judge(pixels, conditions)
+            free_colour_bits = shapes.entropy_bits(shapes.free_colour_shares(pixels, conditions))
             fd = frechet_distance(fid_features(features, fd_images((images.float() + 1) / 2)), reference)
             scored_s = time.perf_counter() - started
             resolution = int(images.shape[-1])
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "batch": 1,
                 "quality": quality,
                 "fd": fd,
+                # diversity where the caption leaves colour free (the judge cannot see a collapse there)
+                "free_colour_bits": free_colour_bits,
                 "resolution": resolution,
                 **percentiles(latency),
                 "throughput_per_s": throughput,
@@ -186,11 +192,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"throughput at batch {tp_batch}; "
         f"fd = Fréchet distance of {features.config.feature_dim}-d features ({args.features.name}) between the generated "
         "images and the world's renders of the same scenes, at 64 px (smaller images upsampled by pixel replication); "
-        f"renders of {len(prompts)} other scenes score {real_fd:.2f} (FD grows as prompts shrink: compare equal counts)."
-        + kept_note,
+        f"renders of {len(prompts)} other scenes score {real_fd:.2f} (FD grows as prompts shrink: compare equal counts); "
+        f"free colours = entropy in bits of the colours detected in the {free_scenes} images whose captions name no "
+        f"colour (8 colours: 3 at most; the world's renders of those scenes: {renders_free_bits:.2f})." + kept_note,
         "prompts": len(prompts),
         "fd_network": fd_network_info(args.features),
         "fd_real_vs_real": real_fd,
+        "free_colour_bits_renders": renders_free_bits,
         # FD of the world's own renders brought down to a row's resolution and back: about what a model
         # of that resolution that drew its training data exactly would score.
         "fd_floor_by_resolution": {str(k): v for k, v in sorted(floors.items())},

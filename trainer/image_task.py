@@ -110,14 +110,19 @@ def evaluate(
     seed: int = 2024,
     scheduler=None,
 ) -> dict[str, float]:
-    """Judge scores on the first `n` held-out scenes (fixed seeds), as in `bench image`."""
+    """Judge scores on the first `n` held-out scenes (fixed seeds), as in `bench image`, and the entropy of
+    the colours drawn where captions leave colour free (`free_colour_bits`): a student can raise the judge
+    while narrowing what it does not check (a GAN-headed DMD2 did, 2.69 to 2.31 bits)."""
     scenes = shapes.eval_scenes(n, seed)
     images = sample_images(
         network, text_encoder, [s.caption for s in scenes], list(range(n)), steps, guidance, device, scheduler=scheduler
     )
     if images.shape[-1] != shapes.RESOLUTION:
         images = torch.nn.functional.interpolate(images, size=(shapes.RESOLUTION,) * 2, mode="nearest")
-    return shapes.judge(shapes.to_uint8((images + 1) / 2), [s.condition for s in scenes])
+    pixels, conditions = shapes.to_uint8((images + 1) / 2), [s.condition for s in scenes]
+    scores = shapes.judge(pixels, conditions)
+    scores["free_colour_bits"] = shapes.entropy_bits(shapes.free_colour_shares(pixels, conditions))
+    return scores
 
 
 def sample_diversity(

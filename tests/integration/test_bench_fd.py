@@ -40,6 +40,11 @@ def test_every_row_has_an_fd_above_the_resolution_floor(tiny_image_root, tmp_pat
     for row in result["rows"]:
         assert f"| {row['fd']:.2f} |" in table
     assert json.loads((tmp_path / "image-cpu.json").read_text())["rows"][0]["fd"] == result["rows"][0]["fd"]
+    # colour diversity where captions leave colour free: measured for every row, and for the renders
+    assert "| free colours (bits) |" in table
+    assert 0 <= result["free_colour_bits_renders"] <= 3 and "free colours = entropy" in result["notes"]
+    for row in result["rows"]:
+        assert 0 <= row["free_colour_bits"] <= 3 and f"| {row['free_colour_bits']:.2f} |" in table
 
 
 def test_missing_feature_network_fails_before_generating(tiny_image_root, tmp_path):

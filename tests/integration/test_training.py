@@ -68,7 +68,8 @@ def test_run_writes_checkpoints_atomically_and_keeps_the_newest(tmp_path, text_e
     assert names == ["step-00000003", "step-00000004"]  # no temporary leftovers, two kept
     assert (run / "samples" / "latest.png").is_file() and (run / "samples" / "step-00000002.png").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any("eval/overall" in r for r in records)
+    evals = [r for r in records if "eval/overall" in r]
+    assert evals and all(0 <= r["eval/free_colour_bits"] <= 3 for r in evals)  # colour diversity beside the judge
     assert all(r["loss"] == r["loss"] for r in records if "loss" in r)  # finite, not NaN
 
 

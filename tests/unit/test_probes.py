@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import importlib.util
 import random
@@ -40,7 +39,7 @@ def test_layout_measure_refuses_a_condition_without_a_relation() -> None:
         layout.relation_agrees(shapes.to_uint8(shapes.render([scene]))[0], scene.condition)
 
 
-def test_colour_entropy_is_three_bits_for_eight_even_colours_and_zero_for_one() -> None:
-    shares, entropy = diversity.shares_and_entropy(collections.Counter({c: 5 for c in shapes.COLOR_NAMES}))
-    assert entropy == pytest.approx(3.0) and set(shares.values()) == {0.12}
-    assert diversity.shares_and_entropy(collections.Counter({"yellow": 9}))[1] == 0
+def test_colour_report_names_the_entropy_and_rounded_shares() -> None:
+    line = diversity.describe("renders", {colour: 1 / 8 for colour in shapes.COLOR_NAMES})
+    assert line.startswith("renders: entropy 3.00 bits {") and "'red': 0.12" in line
+    assert diversity.describe("one", {"yellow": 1.0}) == "one: entropy 0.00 bits {'yellow': 1.0}"

@@ -106,3 +106,24 @@ def test_detect_rejects_bad_shapes_of_input():
         S.detect(np.zeros((64, 64), dtype=np.uint8))
     with pytest.raises(ValueError, match="images but"):
         S.judge(np.zeros((2, 64, 64, 3), dtype=np.uint8), [])
+
+
+def test_free_colours_of_renders_are_near_uniform_and_a_one_colour_painter_scores_zero() -> None:
+    scenes = S.eval_scenes(560)
+    conditions = [s.condition for s in scenes]
+    renders = S.to_uint8(S.render(scenes))
+    shares = S.free_colour_shares(renders, conditions)
+    assert set(shares) == set(S.COLOR_NAMES) and sum(shares.values()) == pytest.approx(1.0)
+    assert S.entropy_bits(shares) > 2.95  # 8 colours at most 3 bits
+    # the same scenes with every object yellow: the judge's colour-free categories would not notice
+    yellow = [replace(s, objects=tuple(replace(o, color="yellow") for o in s.objects)) for s in scenes]
+    painted = S.to_uint8(S.render(yellow))
+    assert S.free_colour_shares(painted, conditions) == {"yellow": 1.0}
+    assert S.entropy_bits({"yellow": 1.0}) == 0
+
+
+def test_free_colours_ignore_captions_that_name_a_colour_and_refuse_mismatched_lengths() -> None:
+    scenes = [s for s in S.eval_scenes(140) if not S.leaves_colour_free(s.condition)]
+    assert scenes and S.free_colour_shares(S.to_uint8(S.render(scenes)), [s.condition for s in scenes]) == {}
+    with pytest.raises(ValueError, match="3 images but 2 conditions"):
+        S.free_colour_shares(S.to_uint8(S.render(scenes[:3])), [s.condition for s in scenes[:2]])

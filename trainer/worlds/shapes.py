@@ -12,9 +12,11 @@ and caption; `render` is a pure function of the scenes.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import string
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -538,3 +540,33 @@ def judge(images: np.ndarray | list, conditions: list[Condition]) -> dict[str, f
     scores = {cat: float(np.mean(correct[cat])) for cat in CATEGORIES if cat in correct}
     scores["overall"] = float(np.mean(list(scores.values()))) if scores else 0.0
     return scores
+
+
+# ----------------------------------------------------------------------------- diversity
+
+
+def leaves_colour_free(condition: Condition) -> bool:
+    return all(spec.color is None for spec in condition.specs)
+
+
+def free_colour_shares(images: np.ndarray | list, conditions: list[Condition]) -> dict[str, float]:
+    """Share of each colour among the objects the detector finds in images whose captions name no colour,
+    most common first ({} when no caption leaves colour free or nothing is found there).
+
+    Why: the judge checks only what a caption asks for, so a mode-seeking student (DMD with a GAN head)
+    can raise its score while painting everything a caption leaves free in one or two colours."""
+    if len(images) != len(conditions):
+        raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
+    counts = Counter(
+        d.color
+        for image, condition in zip(images, conditions)
+        if leaves_colour_free(condition)
+        for d in detect(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8))
+    )
+    total = sum(counts.values())
+    return {colour: n / total for colour, n in counts.most_common()} if total else {}
+
+
+def entropy_bits(shares: dict[str, float]) -> float:
+    """Entropy of a distribution over colours, in bits: 0 for one colour, 3 for all 8 equally often."""
+    return sum(p * math.log2(1 / p) for p in shares.values() if p > 0)
