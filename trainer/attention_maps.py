@@ -14,6 +14,13 @@ a_s(p) = sum over spec s's phrase tokens of A(p, t):
       its objects' mask M_s (TokenCompose's L_token);
   pixel loss: BCE(a_s(p), M_s(p)) over all pixels -- object pixels read their own phrase, others
       do not (TokenCompose's L_pixel).
+  order loss (position scenes): relu(margin - s (c_1 - c_0)) along the relation's axis, c_s the centroid
+      of a_s over the map and s = +1 when spec 0 must lie left of / above spec 1, -1 for right of / below.
+
+Why the order loss: the mask losses ask attention to find objects, which at sigma ~ 1 are not in the
+image yet; where they will be is random, so those losses stay high there (0.5 with sigma^16 weights on an
+H200) and teach little. Which object lies on which side, though, the caption alone decides: the order of
+the two phrases' attention is a target the network can meet at any noise level.
 """
 
 from __future__ import annotations
@@ -134,3 +141,64 @@ def _grounding_losses(
         bce = -(mask * mass.log() + (1 - mask) * (1 - mass).log()).mean(-1)
         pixel_total = pixel_total + (bce * weight).sum() / count
     return token_total / len(maps), pixel_total / len(maps)
+
+
+# relation -> (axis: 0 = x, 1 = y; sign: +1 when spec 0's coordinate must be the smaller one)
+RELATION_AXES = {"left_of": (0, 1.0), "right_of": (0, -1.0), "above": (1, 1.0), "below": (1, -1.0)}
+
+
+def relation_targets(conditions: list[shapes.Condition]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the axis (B,) long and sign (B,) float along which spec 1 must follow spec 0; sign 0
+    where the condition relates nothing (its order loss is off)."""
+    axis = torch.zeros(len(conditions), dtype=torch.long)
+    sign = torch.zeros(len(conditions))
+    for i, condition in enumerate(conditions):
+        if condition.relation is not None:
+            axis[i], sign[i] = RELATION_AXES[condition.relation]
+    return axis, sign
+
+
+def attention_centroids(mass: torch.Tensor) -> torch.Tensor:
+    """(B, S, P) non-negative attention mass over a square map of P pixels (row-major) -> (B, S, 2)
+    centroids (x, y) in (0, 1)."""
+    side = int(round(mass.shape[-1] ** 0.5))
+    if side * side != mass.shape[-1]:
+        raise ValueError(f"attention over {mass.shape[-1]} pixels is not a square map")
+    weights = mass / mass.sum(-1, keepdim=True).clamp(min=1e-9)
+    grid = (torch.arange(side, device=mass.device, dtype=mass.dtype) + 0.5) / side
+    xs, ys = grid.repeat(side), grid.repeat_interleave(side)  # pixel p = row * side + column
+    return torch.stack([(weights * xs).sum(-1), (weights * ys).sum(-1)], -1)
+
+
+def relation_order_loss(
+    maps: list[torch.Tensor],
+    phrase_tokens: torch.Tensor,
+    axis: torch.Tensor,
+    sign: torch.Tensor,
+    weights: torch.Tensor,
+    margin: float = 0.1,
+) -> torch.Tensor:
+    """Hinge on the order of the two phrases' attention centroids along each relation's axis, averaged
+    over layers and, weighted by `weights` (B,), over the images that relate two phrases (sign != 0).
+    Zero once spec 1's centroid follows spec 0's by `margin` (a fraction of the image side)."""
+    if not maps:
+        raise ValueError("no cross-attention maps were recorded")
+    if not (axis.shape == sign.shape == weights.shape == phrase_tokens.shape[:1]):
+        raise ValueError(
+            f"axis, sign and weights must each be ({phrase_tokens.shape[0]},), got "
+            f"{tuple(axis.shape)}, {tuple(sign.shape)}, {tuple(weights.shape)}"
+        )
+    if (weights < 0).any() or margin < 0:
+        raise ValueError("weights and margin must be >= 0")
+    with torch.autocast(phrase_tokens.device.type, enabled=False):
+        phrase = phrase_tokens.float()
+        valid = (sign != 0) & (phrase[:, :2].sum(-1) > 0).all(-1)
+        weight = valid.float() * weights.float()
+        count = weight.sum().clamp(min=1e-6)
+        total = phrase.new_zeros(())
+        for probs in maps:
+            mass = torch.einsum("bpt,bst->bsp", probs.float(), phrase[:, :2])
+            along = attention_centroids(mass).gather(-1, axis.view(-1, 1, 1).expand(-1, 2, 1)).squeeze(-1)  # (B, 2)
+            gap = sign.float() * (along[:, 1] - along[:, 0])
+            total = total + (torch.relu(margin - gap) * weight).sum() / count
+        return total / len(maps)

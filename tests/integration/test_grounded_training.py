@@ -51,7 +51,13 @@ def test_a_grounded_run_logs_its_attention_losses_and_they_fall(tmp_path, text_e
 
 
 def test_grounding_is_refused_for_bad_weights_and_for_networks_without_cross_attention(tmp_path, text_encoder, tiny_args) -> None:
-    for key in ("attention_token_weight", "attention_sigma_power"):
+    for key in (
+        "attention_token_weight",
+        "attention_sigma_power",
+        "attention_order_weight",
+        "attention_order_margin",
+        "attention_order_sigma_power",
+    ):
         bad = [*tiny_args, f"--run_dir={tmp_path / 'bad'}", *GROUNDED, f"--method_config.{key}=-1"]
         with pytest.raises(ConfigError, match="must be >= 0"):
             train(load_config(None, bad), text_encoder=text_encoder)
@@ -71,3 +77,18 @@ def test_sigma_power_reweights_the_grounding_losses_and_nothing_else(tmp_path, t
         logged[power] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert logged[4]["flow_loss"] == pytest.approx(logged[0]["flow_loss"], rel=1e-6)
     assert logged[4]["attention_pixel_loss"] != pytest.approx(logged[0]["attention_pixel_loss"], rel=1e-4)
+
+
+def test_the_order_loss_alone_trains_on_position_scenes_and_adds_to_the_flow_loss(tmp_path, text_encoder, tiny_args) -> None:
+    run = tmp_path / "order"
+    args = [*tiny_args, f"--run_dir={run}", "--model_preset=unet-tiny", "--max_steps=2", "--log_every=1"]
+    order = ["--method_config.attention_order_weight=0.5", "--method_config.attention_order_margin=0.2"]
+    config = load_config(None, [*args, *order])
+    config.category_weights = {"position": 1.0}  # every scene relates two objects
+    assert train(config, text_encoder=text_encoder)["finished"]
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(logged) == 2
+    for r in logged:
+        assert "attention_token_loss" not in r  # the mask losses are off
+        assert 0 < r["attention_order_loss"] <= 1.2  # an untrained network's attention is not ordered yet
+        assert r["loss"] == pytest.approx(r["flow_loss"] + 0.5 * r["attention_order_loss"], rel=1e-4)

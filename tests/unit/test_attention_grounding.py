@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from trainer.attention_maps import (
+    attention_centroids,
     grounding_losses,
     object_specs,
     phrase_token_masks,
     record_cross_attention,
+    relation_order_loss,
+    relation_targets,
     spec_coverage,
 )
 from trainer.networks import build_network
@@ -173,3 +176,56 @@ def test_recording_reads_every_cross_attention_layer_and_changes_nothing() -> No
     with pytest.raises(ValueError, match="no cross-attention"):
         with record_cross_attention(torch.nn.Linear(2, 2)):
             pass
+
+
+def test_relation_targets_give_each_relation_its_axis_and_sign() -> None:
+    a, b = shapes.ObjSpec("circle", "red"), shapes.ObjSpec("square", "blue")
+    conditions = [shapes.Condition("position", (a, b), r) for r in ("left_of", "right_of", "above", "below")]
+    conditions.append(shapes.Condition("two_objects", (a, b)))
+    axis, sign = relation_targets(conditions)
+    assert axis.tolist() == [0, 0, 1, 1, 0] and sign.tolist() == [1.0, -1.0, 1.0, -1.0, 0.0]
+
+
+def test_attention_centroids_read_x_along_rows_and_y_down_columns() -> None:
+    mass = torch.zeros(1, 2, 16)  # a 4 x 4 map, row-major
+    mass[0, 0, 1 * 4 + 3] = 1  # row 1, column 3
+    mass[0, 1] = 1  # uniform
+    centroids = attention_centroids(mass)
+    assert centroids[0, 0].tolist() == pytest.approx([3.5 / 4, 1.5 / 4])
+    assert centroids[0, 1].tolist() == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="not a square"):
+        attention_centroids(torch.ones(1, 2, 10))
+
+
+def test_order_loss_is_zero_when_attention_follows_the_relation_and_pushes_back_otherwise() -> None:
+    """Token 1 (spec 0) attends to the left half, token 2 (spec 1) to the right: centroids 0.25 and 0.75."""
+    phrase, _ = _two_objects()
+    ones = torch.ones(1)
+
+    def loss(relation: str, margin: float = 0.1, probs=None) -> torch.Tensor:
+        axis, sign = relation_targets([shapes.Condition("position", (shapes.ObjSpec(), shapes.ObjSpec()), relation)])
+        return relation_order_loss([_attention(1, 2) if probs is None else probs], phrase, axis, sign, ones, margin)
+
+    assert loss("left_of").item() == 0
+    assert loss("right_of").item() == pytest.approx(0.6)  # margin 0.1 + the 0.5 it is on the wrong side
+    assert loss("above").item() == pytest.approx(0.1)  # same height: short of the margin
+    assert loss("left_of", margin=0.6).item() == pytest.approx(0.1)
+    probs = _attention(1, 2).requires_grad_()
+    loss("right_of", probs=probs).backward()
+    assert torch.isfinite(probs.grad).all() and probs.grad.abs().sum() > 0
+    # no relation, a dropped caption or a zero weight: nothing to learn
+    none = relation_targets([shapes.Condition("two_objects", (shapes.ObjSpec(), shapes.ObjSpec()))])
+    assert relation_order_loss([_attention(2, 1)], phrase, *none, ones).item() == 0
+    axis, sign = relation_targets([shapes.Condition("position", (shapes.ObjSpec(), shapes.ObjSpec()), "left_of")])
+    assert relation_order_loss([_attention(2, 1)], phrase, axis, sign, torch.zeros(1)).item() == 0
+
+
+def test_order_loss_refuses_mismatched_shapes_negative_weights_and_no_maps() -> None:
+    phrase, _ = _two_objects()
+    axis, sign = torch.zeros(1, dtype=torch.long), torch.ones(1)
+    with pytest.raises(ValueError, match="must each be"):
+        relation_order_loss([_attention(1, 2)], phrase, axis, sign, torch.ones(2))
+    with pytest.raises(ValueError, match=">= 0"):
+        relation_order_loss([_attention(1, 2)], phrase, axis, sign, torch.ones(1), margin=-0.1)
+    with pytest.raises(ValueError, match="no cross-attention maps"):
+        relation_order_loss([], phrase, axis, sign, torch.ones(1))

@@ -15,7 +15,13 @@ import torch
 from engines.denoisers import unwrap
 from engines.denoisers import velocity as denoiser_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
-from trainer.attention_maps import grounding_losses, record_cross_attention, spec_coverage
+from trainer.attention_maps import (
+    grounding_losses,
+    record_cross_attention,
+    relation_order_loss,
+    relation_targets,
+    spec_coverage,
+)
 from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import render_batch
 from trainer.methods.base import ImageMethod
@@ -47,6 +53,12 @@ class FlowMatchingConfig:
     # where the layout is decided: at high noise the objects are not yet visible and only the caption
     # can say where each one goes; at low noise attention can simply find them in the image.
     attention_sigma_power: float = 0.0
+    # > 0: on position scenes, a hinge on the order of the two phrases' attention centroids along the
+    # caption's relation (trainer/attention_maps.py: relation_order_loss), weighted by sigma^power as
+    # above. Unlike the mask losses its target is fixed by the caption, so it can be met at sigma ~ 1.
+    attention_order_weight: float = 0.0
+    attention_order_margin: float = 0.1  # the gap it asks for, as a fraction of the image side
+    attention_order_sigma_power: float = 0.0  # its own sigma^power weighting (the mask losses keep theirs)
 
 
 def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -90,12 +102,19 @@ class FlowMatching(ImageMethod):
                 a.position_frequencies,
                 a.position_gain,
             )
-        if min(a.attention_token_weight, a.attention_pixel_weight, a.attention_sigma_power) < 0:
-            raise ConfigError(
-                "method_config.attention_token_weight, attention_pixel_weight and attention_sigma_power must be "
-                f">= 0, got {a.attention_token_weight}, {a.attention_pixel_weight}, {a.attention_sigma_power}"
-            )
-        self.grounded = bool(a.attention_token_weight or a.attention_pixel_weight)
+        grounding = {
+            "attention_token_weight": a.attention_token_weight,
+            "attention_pixel_weight": a.attention_pixel_weight,
+            "attention_sigma_power": a.attention_sigma_power,
+            "attention_order_weight": a.attention_order_weight,
+            "attention_order_margin": a.attention_order_margin,
+            "attention_order_sigma_power": a.attention_order_sigma_power,
+        }
+        negative = {k: v for k, v in grounding.items() if v < 0}
+        if negative:
+            raise ConfigError(f"method_config {', '.join(negative)} must be >= 0, got {negative}")
+        self.masked = bool(a.attention_token_weight or a.attention_pixel_weight)
+        self.grounded = self.masked or a.attention_order_weight > 0
         if self.grounded and not any(getattr(m, "is_cross_attention", False) for m in network.modules()):
             raise ConfigError(
                 f"attention grounding needs a network with cross-attention (a UNet); {type(network).__name__} has none"
@@ -106,7 +125,7 @@ class FlowMatching(ImageMethod):
     def loss(
         self, phase: str, networks: dict, batch: dict, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.grounded:
+        if self.masked:
             x0, cover = render_batch(batch, self.resolution, self.device, coverage=True)
         else:
             x0 = render_batch(batch, self.resolution, self.device)
@@ -125,15 +144,20 @@ class FlowMatching(ImageMethod):
         loss = flow_matching_loss(velocity, x0, noise)
         metrics = {"loss": loss.detach(), "sigma_mean": sigma.mean().detach()}
         if self.grounded:
-            owners = batch["object_specs"].to(self.device)
-            weights = keep.float() * sigma.float() ** self.args.attention_sigma_power  # dropped captions: 0
-            cover = spec_coverage(cover, owners)
-            token, pixel = grounding_losses(maps, batch["phrase_tokens"].to(self.device), cover, weights)
-            metrics |= {
-                "flow_loss": loss.detach(),
-                "attention_token_loss": token.detach(),
-                "attention_pixel_loss": pixel.detach(),
-            }
-            loss = loss + self.args.attention_token_weight * token + self.args.attention_pixel_weight * pixel
+            a = self.args
+            weights = keep.float() * sigma.float() ** a.attention_sigma_power  # dropped captions: 0
+            order_weights = keep.float() * sigma.float() ** a.attention_order_sigma_power
+            phrase = batch["phrase_tokens"].to(self.device)
+            metrics["flow_loss"] = loss.detach()
+            if self.masked:
+                cover = spec_coverage(cover, batch["object_specs"].to(self.device))
+                token, pixel = grounding_losses(maps, phrase, cover, weights)
+                metrics |= {"attention_token_loss": token.detach(), "attention_pixel_loss": pixel.detach()}
+                loss = loss + a.attention_token_weight * token + a.attention_pixel_weight * pixel
+            if a.attention_order_weight > 0:
+                axis, sign = (t.to(self.device) for t in relation_targets(batch["conditions"]))
+                order = relation_order_loss(maps, phrase, axis, sign, order_weights, a.attention_order_margin)
+                metrics["attention_order_loss"] = order.detach()
+                loss = loss + a.attention_order_weight * order
             metrics["loss"] = loss.detach()
         return loss, metrics
