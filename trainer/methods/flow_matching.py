@@ -54,8 +54,9 @@ class FlowMatchingConfig:
     # can say where each one goes; at low noise attention can simply find them in the image.
     attention_sigma_power: float = 0.0
     # > 0: on position scenes, a hinge on the order of the two phrases' attention centroids along the
-    # caption's relation (trainer/attention_maps.py: relation_order_loss), weighted by sigma^power as
-    # above. Unlike the mask losses its target is fixed by the caption, so it can be met at sigma ~ 1.
+    # caption's relation (trainer/attention_maps.py: relation_order_loss), weighted by
+    # sigma^attention_order_sigma_power. Unlike the mask losses its target is fixed by the caption, so it
+    # can be met at sigma ~ 1.
     attention_order_weight: float = 0.0
     attention_order_margin: float = 0.1  # the gap it asks for, as a fraction of the image side
     attention_order_sigma_power: float = 0.0  # its own sigma^power weighting (the mask losses keep theirs)
