@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
             started = time.perf_counter()
             images = engine.sample_prompts(prompts, seeds, steps, batch_size=chunk)
             pixels = shapes.to_uint8((images.float() + 1) / 2)
-            quality = shapes.judge(pixels, conditions)
-            free_colour_bits = shapes.entropy_bits(shapes.free_colour_shares(pixels, conditions))
+            found = shapes.detect_all(pixels)  # one detection pass for the judge and the diversity
+            quality = shapes.judge(pixels, conditions, found)
+            free_colour_bits = shapes.entropy_bits(shapes.free_colour_shares(pixels, conditions, found))
             fd = frechet_distance(fid_features(features, fd_images((images.float() + 1) / 2)), reference)
             scored_s = time.perf_counter() - started
             resolution = int(images.shape[-1])

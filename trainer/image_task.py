@@ -120,8 +120,9 @@ def evaluate(
     if images.shape[-1] != shapes.RESOLUTION:
         images = torch.nn.functional.interpolate(images, size=(shapes.RESOLUTION,) * 2, mode="nearest")
     pixels, conditions = shapes.to_uint8((images + 1) / 2), [s.condition for s in scenes]
-    scores = shapes.judge(pixels, conditions)
-    scores["free_colour_bits"] = shapes.entropy_bits(shapes.free_colour_shares(pixels, conditions))
+    found = shapes.detect_all(pixels)
+    scores = shapes.judge(pixels, conditions, found)
+    scores["free_colour_bits"] = shapes.entropy_bits(shapes.free_colour_shares(pixels, conditions, found))
     return scores
 
 

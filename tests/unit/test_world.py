@@ -127,3 +127,15 @@ def test_free_colours_ignore_captions_that_name_a_colour_and_refuse_mismatched_l
     assert scenes and S.free_colour_shares(S.to_uint8(S.render(scenes)), [s.condition for s in scenes]) == {}
     with pytest.raises(ValueError, match="3 images but 2 conditions"):
         S.free_colour_shares(S.to_uint8(S.render(scenes[:3])), [s.condition for s in scenes[:2]])
+
+
+def test_one_detection_pass_scores_a_batch_both_ways_as_two_would() -> None:
+    scenes = S.eval_scenes(70)
+    conditions, images = [s.condition for s in scenes], S.to_uint8(S.render(scenes))
+    found = S.detect_all(images)
+    assert S.judge(images, conditions, found) == S.judge(images, conditions)
+    assert S.free_colour_shares(images, conditions, found) == S.free_colour_shares(images, conditions)
+    with pytest.raises(ValueError, match="69 detection lists for 70 images"):
+        S.judge(images, conditions, found[:-1])
+    with pytest.raises(ValueError, match="69 detection lists for 70 images"):
+        S.free_colour_shares(images, conditions, found[:-1])

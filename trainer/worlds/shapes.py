@@ -526,17 +526,32 @@ def matches(detections: list[Detection], condition: Condition, margin: float = 3
     return False
 
 
-def judge(images: np.ndarray | list, conditions: list[Condition]) -> dict[str, float]:
+def detect_all(images: np.ndarray | list) -> list[list[Detection]]:
+    """`detect` on each of (B, H, W, 3) uint8 images or a list of PIL images / arrays, for scoring
+    one batch several ways (`judge`, `free_colour_shares`) from one detection pass."""
+    return [detect(np.asarray(im.convert("RGB") if hasattr(im, "convert") else im, dtype=np.uint8)) for im in images]
+
+
+def _check_detections(images, detections: list[list[Detection]] | None) -> None:
+    if detections is not None and len(detections) != len(images):
+        raise ValueError(f"{len(detections)} detection lists for {len(images)} images")
+
+
+def judge(
+    images: np.ndarray | list, conditions: list[Condition], detections: list[list[Detection]] | None = None
+) -> dict[str, float]:
     """GenEval-style accuracy per category and overall (the mean over categories present).
 
-    `images`: (B, H, W, 3) uint8 array or a list of PIL images / arrays.
+    `images`: (B, H, W, 3) uint8 array or a list of PIL images / arrays; `detections`: their
+    `detect_all`, when the caller already has it.
     """
     if len(images) != len(conditions):
         raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
+    _check_detections(images, detections)
+    detections = detect_all(images) if detections is None else detections
     correct: dict[str, list[bool]] = {}
-    for image, condition in zip(images, conditions):
-        array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
-        correct.setdefault(condition.category, []).append(matches(detect(array), condition))
+    for found, condition in zip(detections, conditions):
+        correct.setdefault(condition.category, []).append(matches(found, condition))
     scores = {cat: float(np.mean(correct[cat])) for cat in CATEGORIES if cat in correct}
     scores["overall"] = float(np.mean(list(scores.values()))) if scores else 0.0
     return scores
@@ -549,20 +564,24 @@ def leaves_colour_free(condition: Condition) -> bool:
     return all(spec.color is None for spec in condition.specs)
 
 
-def free_colour_shares(images: np.ndarray | list, conditions: list[Condition]) -> dict[str, float]:
+def free_colour_shares(
+    images: np.ndarray | list, conditions: list[Condition], detections: list[list[Detection]] | None = None
+) -> dict[str, float]:
     """Share of each colour among the objects the detector finds in images whose captions name no colour,
-    most common first ({} when no caption leaves colour free or nothing is found there).
+    most common first ({} when no caption leaves colour free or nothing is found there). `detections`:
+    the images' `detect_all`, when the caller already has it.
 
     Why: the judge checks only what a caption asks for, so a mode-seeking student (DMD with a GAN head)
     can raise its score while painting everything a caption leaves free in one or two colours."""
     if len(images) != len(conditions):
         raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
-    counts = Counter(
-        d.color
-        for image, condition in zip(images, conditions)
-        if leaves_colour_free(condition)
-        for d in detect(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8))
-    )
+    _check_detections(images, detections)
+    if detections is None:
+        free = [i for i, condition in enumerate(conditions) if leaves_colour_free(condition)]
+        detections = dict(zip(free, detect_all([images[i] for i in free])))
+    else:
+        detections = dict(enumerate(detections))
+    counts = Counter(d.color for i, condition in enumerate(conditions) if leaves_colour_free(condition) for d in detections[i])
     total = sum(counts.values())
     return {colour: n / total for colour, n in counts.most_common()} if total else {}
 
