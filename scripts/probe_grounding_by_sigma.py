@@ -10,28 +10,19 @@ import torch
 
 from engines.denoisers import velocity as denoiser_velocity
 from engines.text_encoder import TextEncoder
-from trainer.attention_maps import grounding_losses, record_cross_attention, spec_coverage
+from trainer.attention_maps import attention_centroids, grounding_losses, record_cross_attention, spec_coverage
 from trainer.image_task import render_batch, world_batch_cpu
 from trainer.networks import load_network
 
 SIGMAS = (0.98, 0.9, 0.75, 0.5, 0.25, 0.1)
 
 
-def centroids(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S, side, side) non-negative maps -> their centroids x, y (B, S) in (0, 1)."""
-    side = weights.shape[-1]
-    weights = weights / weights.sum((-1, -2), keepdim=True).clamp(min=1e-9)
-    grid = (torch.arange(side) + 0.5) / side
-    return (weights.sum(-2) * grid).sum(-1), (weights.sum(-1) * grid).sum(-1)
-
-
 def order_agreement(probs: torch.Tensor, phrase: torch.Tensor, cover: torch.Tensor) -> float:
     """Share of images whose two phrases' attention centroids lie in the same order as their objects,
     along the axis on which the objects are further apart. probs (B, P, T), phrase (B, 2, T), cover (B, 2, H, W)."""
     side = int(round(probs.shape[1] ** 0.5))
-    mass = torch.einsum("bpt,bst->bsp", probs, phrase.float()).view(-1, 2, side, side)
-    ax, ay = centroids(mass)
-    ox, oy = centroids(torch.nn.functional.adaptive_avg_pool2d(cover, side))
+    ax, ay = attention_centroids(torch.einsum("bpt,bst->bsp", probs, phrase.float())).unbind(-1)
+    ox, oy = attention_centroids(torch.nn.functional.adaptive_avg_pool2d(cover, side).flatten(2)).unbind(-1)
     horizontal = (ox[:, 0] - ox[:, 1]).abs() > (oy[:, 0] - oy[:, 1]).abs()
     along_x = (ax[:, 0] - ax[:, 1]) * (ox[:, 0] - ox[:, 1])
     along_y = (ay[:, 0] - ay[:, 1]) * (oy[:, 0] - oy[:, 1])

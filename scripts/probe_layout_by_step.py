@@ -16,6 +16,7 @@ from engines.card import load_card
 from engines.image import ImageEngine
 from engines.requests import ImageRequest
 from engines.text_encoder import TextEncoder
+from trainer.attention_maps import RELATION_AXES
 from trainer.worlds import shapes
 
 KERNEL = 40.0  # RGB distance at which a pixel stops counting towards a colour's mass
@@ -31,9 +32,8 @@ def relation_agrees(image: np.ndarray, condition: shapes.Condition) -> bool:
         reference = np.array(shapes.COLORS[spec.color][0], np.float32)
         weight = np.exp(-((image.astype(np.float32) - reference) ** 2).sum(-1) / (2 * KERNEL**2))
         centroids.append(((weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()))
-    (ax, ay), (bx, by) = centroids
-    gap = {"left_of": bx - ax, "right_of": ax - bx, "above": by - ay, "below": ay - by}[condition.relation]
-    return bool(gap > 0)
+    axis, sign = RELATION_AXES[condition.relation]  # the order the training loss asks of attention
+    return bool(sign * (centroids[1][axis] - centroids[0][axis]) > 0)
 
 
 def main(checkpoint: str, n: int, guidance: float, steps: int) -> None:
