@@ -116,6 +116,17 @@ def dmd_gradient(x0: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> to
     return torch.nan_to_num((fake - real) / scale)
 
 
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
+    """Per-sample sqrt(||a - b||^2 + c^2) - c over all but the batch dimension, in float32: (B,)."""
+    squared = ((a.float() - b.float()) ** 2).flatten(1).sum(dim=1)
+    return torch.sqrt(squared + c * c) - c
+
+
+def ict_huber_c(x: torch.Tensor) -> float:
+    """iCT's pseudo-Huber constant for samples shaped like x[0] (Song & Dhariwal 2023): 0.00054 sqrt(C H W)."""
+    return 0.00054 * float(x[0].numel()) ** 0.5
+
+
 def pick(options: list[int] | tuple[int, ...], generator: torch.Generator) -> int:
     """A seeded choice (the step generator lives on the training device)."""
     index = int(torch.randint(len(options), (1,), generator=generator, device=generator.device).item())

@@ -17,11 +17,21 @@ checkpoint serves 1, 2 and 4 steps).
 
 Reward-weighted DMD (after Stream-R1 / Re-DMD): with `reward_beta` > 0, each sample's DMD loss is
 weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge accepts the sample.
+
+DMD's regression loss (Yin et al. 2023, sec. 3.3), optional: with `regression_weight` > 0, a fixed
+set of `regression_pairs` (noise z, teacher ODE sample y) pairs is made once (`trainer/ode_pairs.py`)
+and every generator step also pulls G's one-step output from z towards y:
+L_reg = pseudo-Huber(G(z, 1), y). Distribution matching is mode-seeking and lets go of what captions
+leave free (DMD2 students draw fewer colours than the teacher, `free_colour_bits`); the pairs tie the
+one-step map to the teacher's modes. The paper uses LPIPS; there is no LPIPS network offline, and a
+distance in the FD feature network's space would train on the metric, so the distance is iCT's
+pseudo-Huber on pixels. All step counts share the first step (every grid starts at sigma 1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +45,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.image_task import new_scheduler, render_batch
 from trainer.methods.base import DistillationMethod
 from trainer.methods.flow_matching import flow_matching_loss
+from trainer.ode_pairs import PairRecipe, PairSet, ode_pair_set
 from trainer.worlds import shapes
 
 
@@ -43,11 +54,19 @@ class DMD2Config(distill.CriticDistillConfig):
     gan_generator_weight: float = 0.0  # 0 turns the GAN head off
     gan_critic_weight: float = 0.0
     reward_beta: float = 0.0  # reward-weighted DMD; 0 = plain DMD2
+    regression_weight: float = 0.0  # DMD's regression loss on teacher ODE pairs; 0 = off (DMD2); DMD used 0.25
+    regression_pairs: int = 4096  # pairs in the fixed set (made once, kept in <run_dir>/ode-pairs.safetensors)
+    regression_pair_steps: int = 25  # Euler steps of the teacher ODE that makes them, at the real score's CFG
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.gan_generator_weight, self.gan_critic_weight, self.reward_beta) < 0:
-            raise ConfigError("GAN weights and reward_beta must be >= 0")
+        if min(self.gan_generator_weight, self.gan_critic_weight, self.reward_beta, self.regression_weight) < 0:
+            raise ConfigError("GAN weights, reward_beta and regression_weight must be >= 0")
+        if self.regression_pairs < 1 or self.regression_pair_steps < 1:
+            raise ConfigError(
+                f"method_config needs regression_pairs >= 1 and regression_pair_steps >= 1, got "
+                f"{self.regression_pairs} and {self.regression_pair_steps}"
+            )
 
 
 class GANHead(torch.nn.Module):
@@ -118,6 +137,20 @@ class DMD2(DistillationMethod):
         self.lr_scales = {"critic": self.args.critic_lr_scale}
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
+        self.pairs: PairSet | None = None
+        if self.args.regression_weight > 0:
+            recipe = PairRecipe(
+                teacher=self.teacher.id,
+                steps=self.args.regression_pair_steps,
+                guidance=float(self.guidance),
+                shift=self.teacher.scheduler_shift,
+                resolution=self.teacher.card.resolution,
+                count=self.args.regression_pairs,
+                seed=config.seed,
+                max_tokens=text_encoder.max_tokens,
+            )
+            path = Path(config.run_dir) / "ode-pairs.safetensors"
+            self.pairs = ode_pair_set(path, recipe, self.teacher.network, text_encoder, device)
         if config.compile:
             self.teacher.network = torch.compile(self.teacher.network)
 
@@ -168,6 +201,10 @@ class DMD2(DistillationMethod):
                 gan = F.softplus(-logits).mean()
                 loss = loss + self.args.gan_generator_weight * gan
                 metrics["loss/gan_generator"] = gan.detach()
+            if self.pairs is not None:
+                regression = self._regression(networks["generator"], b, rng)
+                loss = loss + self.args.regression_weight * regression
+                metrics["loss/regression"] = regression.detach()
             return loss, metrics
 
         # critic: flow matching on G's (detached) samples, plus the GAN real/fake loss
@@ -189,6 +226,13 @@ class DMD2(DistillationMethod):
             loss = loss + self.args.gan_critic_weight * gan
             metrics["loss/gan_critic"] = gan.detach()
         return loss, metrics
+
+    def _regression(self, generator_net, b: int, rng: torch.Generator) -> torch.Tensor:
+        """Mean pseudo-Huber distance between G's one-step images from b pairs' noise and the teacher's."""
+        z, tokens, target = self.pairs.batch(self.pairs.draw(b, rng), self.device)
+        emb = self.text_encoder.encode_tokens(tokens)
+        one_step = distill.predict_x0(generator_net, z, torch.ones(b, device=self.device), emb)
+        return distill.pseudo_huber(one_step, target, distill.ict_huber_c(target)).mean()
 
     def _rewards(self, x0: torch.Tensor, conditions: list) -> torch.Tensor:
         """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU)."""

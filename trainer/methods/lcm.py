@@ -74,12 +74,6 @@ def euler_grid(num_timesteps: int, shift: float) -> torch.Tensor:
     return scheduler.sigmas.float()
 
 
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
-    """Per-sample sqrt(||a - b||^2 + c^2) - c over all but the batch dimension, in float32: (B,)."""
-    squared = ((a.float() - b.float()) ** 2).flatten(1).sum(dim=1)
-    return torch.sqrt(squared + c * c) - c
-
-
 class LCM(DistillationMethod):
     """Roles: `student` (trained, EMA'd, exported). Frozen: the teacher."""
 
@@ -120,8 +114,8 @@ class LCM(DistillationMethod):
             # sg(f_theta): the bare module (no DDP hooks needed without a graph); f(x, 0) = x exactly.
             target = distill.predict_x0(unwrap(student), x_next, sigma_next, emb)
         prediction = distill.predict_x0(student, x, sigma, emb)
-        c = self.args.huber_c if self.args.huber_c is not None else 0.00054 * float(x0[0].numel()) ** 0.5
-        distance = pseudo_huber(prediction, target, c)
+        c = self.args.huber_c if self.args.huber_c is not None else distill.ict_huber_c(x0)
+        distance = distill.pseudo_huber(prediction, target, c)
         if self.args.weighting == "inverse_step":
             weight = (self.args.skip / self.args.num_timesteps) / (sigma - sigma_next)
         else:

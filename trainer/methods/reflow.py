@@ -20,8 +20,9 @@ reflow loss with s fixed to 1. The export's default steps are forced to 1.
 Pairs are made on the fly, per batch, from the step's generator, so a resumed run repeats exactly
 and no pair is ever reused. The cost: each training step runs `pair_steps` teacher evaluations on
 the batch (twice that with CFG), against about three forward-equivalents for the student's
-forward and backward: with 25 steps and CFG, pair generation is ~94% of the step. Liu et al.
-generate a fixed pair set once instead; at this project's scale, fresh pairs are cheap enough.
+forward and backward: with 25 steps and CFG, pair generation is ~94% of the step. With
+`pair_set: N`, Liu et al.'s way instead: N pairs made once (`trainer/ode_pairs.py`, cached as
+`<run_dir>/ode-pairs.safetensors`, reused on resume) and each batch drawn from them, captions included.
 
 Straightness (Liu et al., eq. 8): S = int_0^1 E || (z - x0) - v(x_s, s) ||^2 ds along the model's own
 ODE path from z, measured by `straightness` / `measure_straightness` and logged as a training
@@ -30,7 +31,6 @@ metric every `straightness_every` steps (and at the last step).
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +40,14 @@ import torch
 from engines.checkpoints import load_scheduler
 from engines.denoisers import embeds_guidance, unwrap, velocity
 from engines.image import initial_noise
-from engines.samplers import cfg_velocity, flow_match_sample
+from engines.samplers import cfg_velocity
 from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer import distill
 from trainer.config import ConfigError, TrainConfig, build
-from trainer.image_task import new_scheduler, world_batch_cpu
+from trainer.image_task import world_batch_cpu
 from trainer.methods.base import ImageMethod
 from trainer.methods.flow_matching import flow_matching_loss
+from trainer.ode_pairs import PairRecipe, PairSet, ode_pair_set, teacher_pairs
 from trainer.worlds import shapes
 
 STAGES = ("reflow", "distill")
@@ -69,6 +70,7 @@ class ReflowConfig:
     straightness_every: int = 250  # log the student's straightness every N steps and at the last; 0 = never
     straightness_prompts: int = 8  # fixed held-out captions and seeds, so the curve is comparable over steps
     straightness_steps: int = 16
+    pair_set: int = 0  # 0: fresh pairs for every batch; N: a fixed set of N pairs made once (Liu et al.)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -85,6 +87,8 @@ class ReflowConfig:
             raise ConfigError(f"method_config.teacher_guidance must be >= 0, got {self.teacher_guidance}")
         if self.logit_std < 0:
             raise ConfigError(f"method_config.logit_std must be >= 0, got {self.logit_std}")
+        if self.pair_set < 0:
+            raise ConfigError(f"method_config.pair_set must be >= 0 (0 = fresh pairs every batch), got {self.pair_set}")
         if self.straightness_every < 0 or self.straightness_prompts < 1 or self.straightness_steps < 1:
             raise ConfigError("method_config needs straightness_every >= 0, straightness_prompts >= 1, straightness_steps >= 1")
 
@@ -148,21 +152,6 @@ def measure_straightness(
     return float(straightness(guided_field(network, cond, null, guidance), noise, steps))
 
 
-# ----------------------------------------------------------------------------- pairs
-
-
-@torch.no_grad()
-def teacher_pairs(
-    network, shift: float, noise: torch.Tensor, steps: int, cond: TextEmbedding, null: TextEmbedding, guidance: float
-) -> torch.Tensor:
-    """x0 = the network's Euler ODE solution from `noise` (the engines' own sampler, with CFG or
-    embedded guidance): the coupling reflow straightens."""
-    embedded = embeds_guidance(network)
-    model = lambda x, t, emb, *g: velocity(network, x, t, emb, *g)
-    states = flow_match_sample(model, new_scheduler(shift), noise, steps, cond, null, guidance, None, embedded)
-    return collections.deque(states, maxlen=1)[0].x
-
-
 def world_batch_with_step(step: int, rank: int, micro: int, **kwargs) -> dict:
     """world_batch_cpu plus the step, so the loss knows when to measure straightness (picklable)."""
     return world_batch_cpu(step, rank, micro, **kwargs) | {"step": step}
@@ -219,6 +208,20 @@ class Reflow(ImageMethod):
         self.last_straightness: float | None = None
         self._probe: tuple[TextEmbedding, torch.Tensor] | None = None
         self._measured: tuple[int, torch.Tensor] | None = None
+        self.pairs: PairSet | None = None
+        if self.args.pair_set:
+            recipe = PairRecipe(
+                teacher=self.pair_model.id,
+                steps=self.args.pair_steps,
+                guidance=float(self.guidance),
+                shift=self.pair_model.scheduler_shift,
+                resolution=self.pair_model.card.resolution,
+                count=self.args.pair_set,
+                seed=config.seed,
+                max_tokens=text_encoder.max_tokens,
+            )
+            path = Path(config.run_dir) / "ode-pairs.safetensors"
+            self.pairs = ode_pair_set(path, recipe, self.pair_model.network, text_encoder, device)
         if config.compile:
             self.pair_model.network = torch.compile(self.pair_model.network)
 
@@ -241,14 +244,23 @@ class Reflow(ImageMethod):
             return torch.rand(b, generator=rng, device=self.device)
         return torch.sigmoid(self.args.logit_mean + self.args.logit_std * torch.randn(b, generator=rng, device=self.device))
 
-    def loss(self, phase: str, networks: dict, batch: dict, rng: torch.Generator):
+    def _pairs(self, batch: dict, rng: torch.Generator) -> tuple[TextEmbedding, torch.Tensor, torch.Tensor]:
+        """(caption embedding, noise z, the pair model's x0 from z): drawn from the fixed set, or made now
+        for the batch's own captions."""
+        b = batch["tokens"]["input_ids"].shape[0]
+        if self.pairs is not None:
+            z, tokens, x0 = self.pairs.batch(self.pairs.draw(b, rng), self.device)
+            return self.text_encoder.encode_tokens(tokens), z, x0
         emb = self.text_encoder.encode_tokens(batch["tokens"])
-        b, r = emb.states.shape[0], self.resolution
+        r = self.resolution
         z = torch.randn((b, 3, r, r), generator=rng, device=self.device)
         null = self.text_encoder.null(b)
-        x0 = teacher_pairs(
-            self.pair_model.network, self.pair_model.scheduler_shift, z, self.args.pair_steps, emb, null, self.guidance
-        )
+        model = self.pair_model
+        return emb, z, teacher_pairs(model.network, model.scheduler_shift, z, self.args.pair_steps, emb, null, self.guidance)
+
+    def loss(self, phase: str, networks: dict, batch: dict, rng: torch.Generator):
+        emb, z, x0 = self._pairs(batch, rng)
+        b = z.shape[0]
         sigma = self._sigma(b, rng)
         # At sigma = 1 (distill stage) x_s = z and the loss is || (z - v) - x0 ||^2: the one-step map.
         v = velocity(networks["student"], distill.add_noise(x0, z, sigma), sigma * 1000, emb)

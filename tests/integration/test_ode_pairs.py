@@ -1,0 +1,189 @@
+"""The fixed (noise, teacher sample) pair set (trainer/ode_pairs.py) and its two users: reflow's
+`pair_set` and DMD's regression loss in DMD2 (`regression_weight`), on the tiny CPU teacher."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from engines.requests import ImageRequest
+from trainer import distill
+from trainer.config import ConfigError, load_config
+from trainer.loop import StopFlag, train
+from trainer.methods.dmd2 import DMD2
+from trainer.methods.reflow import Reflow
+from trainer.ode_pairs import PairRecipe, load_pair_set, make_pair_set, ode_pair_set, save_pair_set
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_image_root):
+    return distill.load_teacher(str(tiny_image_root / "tiny-cpu"), CPU, "dmd2")
+
+
+def recipe_for(teacher, **changes) -> PairRecipe:
+    fields = dict(
+        teacher=teacher.id,
+        steps=3,
+        guidance=2.0,
+        shift=teacher.scheduler_shift,
+        resolution=teacher.card.resolution,
+        count=5,
+        seed=7,
+        max_tokens=40,
+    )
+    return PairRecipe(**(fields | changes))
+
+
+def test_pair_i_is_what_the_teacher_engine_draws_for_its_caption_and_seed(teacher, studio_registry, text_encoder):
+    recipe = recipe_for(teacher)
+    pairs = make_pair_set(recipe, teacher.network, text_encoder, CPU, chunk=2)  # chunks of 2: batching must not matter
+    assert len(pairs) == 5 and pairs.images.dtype == torch.float16
+    assert pairs.seeds.tolist() == [35, 36, 37, 38, 39]  # seed * count + i: sets of other seeds do not overlap
+    captions = text_encoder.tokenizer.batch_decode(pairs.tokens["input_ids"], skip_special_tokens=True)
+    assert len(set(captions)) > 1  # the world's captions, not one prompt repeated
+    engine = studio_registry.engine("tiny-cpu")
+    for i in (0, 4):
+        made = engine.generate(ImageRequest(captions[i], seed=int(pairs.seeds[i]), steps=3, guidance=2.0)).images[0]
+        ours = ((pairs.images[i].float() + 1) / 2 * 255).round().clamp(0, 255).permute(1, 2, 0).numpy()
+        assert np.abs(np.asarray(made, dtype=np.float32) - ours).max() <= 2.0  # uint8 rounding, float16 storage
+
+
+def test_a_saved_set_round_trips_and_is_reused_only_for_its_own_recipe(teacher, text_encoder, tmp_path, monkeypatch):
+    recipe = recipe_for(teacher, count=3)
+    path = tmp_path / "pairs.safetensors"
+    made = ode_pair_set(path, recipe, teacher.network, text_encoder, CPU)
+    assert path.is_file() and not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+    loaded = load_pair_set(path)
+    assert loaded.recipe == recipe
+    assert torch.equal(loaded.images, made.images) and torch.equal(loaded.seeds, made.seeds)
+    assert all(torch.equal(loaded.tokens[k], made.tokens[k]) for k in made.tokens)
+
+    import trainer.ode_pairs as ode_pairs
+
+    monkeypatch.setattr(ode_pairs, "make_pair_set", lambda *a, **k: pytest.fail("a matching set must be reused, not remade"))
+    again = ode_pair_set(path, recipe, teacher.network, text_encoder, CPU)
+    assert torch.equal(again.images, made.images)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="holds pairs made by .*steps=3.*asks for .*steps=8.*delete the file"):
+        ode_pair_set(path, recipe_for(teacher, count=3, steps=8), teacher.network, text_encoder, CPU)
+    assert path.read_bytes() == before  # refused, not overwritten: a resumed run may have trained on it
+
+    noise, tokens, images = loaded.batch(torch.tensor([2, 0]), CPU)
+    assert noise.shape == images.shape == (2, 3, recipe.resolution, recipe.resolution) and images.dtype == torch.float32
+    assert torch.equal(tokens["input_ids"], loaded.tokens["input_ids"][[2, 0]])
+    g = torch.Generator().manual_seed(0)
+    first = loaded.draw(64, g)
+    assert first.min() >= 0 and first.max() < 3 and torch.equal(first, loaded.draw(64, torch.Generator().manual_seed(0)))
+
+
+def test_damaged_or_foreign_pair_files_are_refused_clearly(teacher, text_encoder, tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00not a safetensors file")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_pair_set(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ConfigError, match="not a Distillery pair set"):
+        load_pair_set(foreign)
+    pairs = make_pair_set(recipe_for(teacher, count=2), teacher.network, text_encoder, CPU)
+    pairs.images = pairs.images[:1]  # one image for two pairs
+    truncated = save_pair_set(pairs, tmp_path / "truncated.safetensors")
+    with pytest.raises(ConfigError, match="does not match its recipe"):
+        load_pair_set(truncated)
+    with pytest.raises(ConfigError, match="count"):
+        recipe_for(teacher, count=0)
+    with pytest.raises(ConfigError, match="guidance"):
+        recipe_for(teacher, guidance=-1.0)
+
+
+# ----------------------------------------------------------------------------- users
+
+
+def dmd2_config(tiny_image_root, tmp_path, name: str, *extra: str):
+    return load_config(
+        "configs/tiny-cpu.yaml",
+        [
+            "--method=dmd2",
+            f"--teacher={tiny_image_root / 'tiny-cpu'}",
+            "--method_config.critic_updates=2",
+            "--method_config.regression_weight=0.25",
+            "--method_config.regression_pairs=6",
+            "--method_config.regression_pair_steps=2",
+            "--batch_size=3",
+            "--log_every=1",
+            "--sample_every=1000",
+            "--eval_every=1000",
+            "--checkpoint_every=1000",
+            "--warmup_steps=1",
+            "--max_steps=5",
+            f"--run_dir={tmp_path / name}",
+            f"--export.output_dir={tmp_path / name / 'model'}",
+            *extra,
+        ],
+    )
+
+
+def logged(run_dir) -> dict[int, dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith("loss")} for r in records if "loss/critic" in r}
+
+
+def test_dmd2_with_the_regression_loss_trains_logs_and_resumes_exactly(tiny_image_root, text_encoder, tmp_path):
+    train(dmd2_config(tiny_image_root, tmp_path, "straight"), text_encoder=text_encoder)
+    pairs = load_pair_set(tmp_path / "straight" / "ode-pairs.safetensors")
+    assert (len(pairs), pairs.recipe.steps, pairs.recipe.guidance) == (6, 2, 2.0)  # the real score's CFG: the card's 2.0
+    stop = StopFlag()
+    broken = dmd2_config(tiny_image_root, tmp_path, "broken")
+    train(broken, stop=stop, on_step=lambda step: stop.set() if step == 3 else None, text_encoder=text_encoder)
+    train(dmd2_config(tiny_image_root, tmp_path, "broken"), text_encoder=text_encoder)  # reuses its pair file
+    a, b = logged(tmp_path / "straight"), logged(tmp_path / "broken")
+    generator_steps = [s for s in a if "loss/regression" in a[s]]
+    assert generator_steps == [1, 3, 5]  # every generator step (critic_updates 2), never a critic-only step
+    assert all(math.isfinite(a[s]["loss/regression"]) and a[s]["loss/regression"] > 0 for s in generator_steps)
+    for step in (4, 5):  # the steps after the kill
+        assert a[step] == b[step]
+
+
+def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(tiny_image_root, text_encoder, tmp_path):
+    method = DMD2(dmd2_config(tiny_image_root, tmp_path, "pull"), CPU, text_encoder)
+    generator = method.networks["generator"]
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    values = []
+    for _ in range(12):  # the same 6 pairs each time: only the generator changes
+        loss = method._regression(generator, 6, torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        values.append(loss.item())
+    assert values[-1] < 0.8 * values[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("--method_config.regression_weight=-0.1", "regression_weight must be >= 0"),
+        ("--method_config.regression_pairs=0", "regression_pairs >= 1"),
+        ("--method_config.regression_pair_steps=0", "regression_pair_steps >= 1"),
+    ],
+)
+def test_bad_regression_settings_are_refused(extra, message, tiny_image_root, text_encoder, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        DMD2(dmd2_config(tiny_image_root, tmp_path, "bad", extra), CPU, text_encoder)
+
+
+def test_reflow_from_a_fixed_pair_set(tiny_image_root, text_encoder, tmp_path):
+    from tests.integration.test_reflow_guidance import REFLOW, losses, tiny_config
+
+    config = tiny_config(tmp_path, tiny_image_root, "reflow", "fixed", *REFLOW, "--method_config.pair_set=4")
+    train(config, text_encoder=text_encoder)
+    pairs = load_pair_set(tmp_path / "fixed" / "run" / "ode-pairs.safetensors")
+    assert (len(pairs), pairs.recipe.steps, pairs.recipe.teacher) == (4, 3, "tiny-cpu")
+    records = losses(tmp_path / "fixed" / "run")
+    assert len(records) == 3 and all(math.isfinite(r["loss"]) for r in records)
+    with pytest.raises(ConfigError, match="pair_set must be >= 0"):
+        Reflow(tiny_config(tmp_path, tiny_image_root, "reflow", "bad", *REFLOW, "--method_config.pair_set=-1"), CPU, text_encoder)
