@@ -21,11 +21,12 @@ weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge ac
 DMD's regression loss (Yin et al. 2023, sec. 3.3), optional: with `regression_weight` > 0, a fixed
 set of `regression_pairs` (noise z, teacher ODE sample y) pairs is made once (`trainer/ode_pairs.py`)
 and every generator step also pulls G's one-step output from z towards y:
-L_reg = pseudo-Huber(G(z, 1), y). Distribution matching is mode-seeking and lets go of what captions
-leave free (DMD2 students draw fewer colours than the teacher, `free_colour_bits`); the pairs tie the
-one-step map to the teacher's modes. The paper uses LPIPS; there is no LPIPS network offline, and a
-distance in the FD feature network's space would train on the metric, so the distance is iCT's
-pseudo-Huber on pixels. All step counts share the first step (every grid starts at sigma 1).
+L_reg = 0.5 mean (G(z, 1) - y)^2, the same form as the DMD loss above, so `regression_weight` compares
+the two pulls directly. Distribution matching is mode-seeking and lets go of what captions leave free
+(DMD2 students draw fewer colours than the teacher, `free_colour_bits`); the pairs tie the one-step
+map to the teacher's modes. The paper uses LPIPS; there is no LPIPS network offline, and a distance
+in the FD feature network's space would train on the metric, so the distance is on pixels. All step
+counts share the first step (every grid starts at sigma 1), so multi-step students get it too.
 """
 
 from __future__ import annotations
@@ -228,11 +229,11 @@ class DMD2(DistillationMethod):
         return loss, metrics
 
     def _regression(self, generator_net, b: int, rng: torch.Generator) -> torch.Tensor:
-        """Mean pseudo-Huber distance between G's one-step images from b pairs' noise and the teacher's."""
+        """0.5 mean squared distance between G's one-step images from b pairs' noise and the teacher's."""
         z, tokens, target = self.pairs.batch(self.pairs.draw(b, rng), self.device)
         emb = self.text_encoder.encode_tokens(tokens)
         one_step = distill.predict_x0(generator_net, z, torch.ones(b, device=self.device), emb)
-        return distill.pseudo_huber(one_step, target, distill.ict_huber_c(target)).mean()
+        return 0.5 * ((one_step.float() - target) ** 2).mean()
 
     def _rewards(self, x0: torch.Tensor, conditions: list) -> torch.Tensor:
         """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU)."""
