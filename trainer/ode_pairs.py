@@ -6,13 +6,16 @@ regression loss on it so a one-step generator keeps the teacher's modes, which d
 matching alone lets go of (mode-seeking: `bench image`'s `free_colour_bits`). Making pairs afresh
 every step costs the teacher's whole ODE per step; the papers make a set once. So does this module.
 
-Pair i is what the teacher engine itself draws for caption i from seed i: its noise is
-`engines.image.initial_noise([seeds[i]])`, so only the seed is stored, and its image is the
-engines' own Euler sampler (`pair_steps` steps, the teacher's CFG or embedded guidance). Captions
-come from the world's training distribution, their own stream (`PAIR_STREAM`), never the held-out
-prompts. The set is one safetensors file (seeds, tokens, images in float16) with the recipe in its
-metadata: a run that resumes reuses it only if the recipe matches, else it stops with a clear error
-rather than train on pairs of another teacher.
+Pair i is what the teacher engine itself draws for caption i from seed i: its noise is the engines'
+own seeded noise (`engines.image.initial_noise` for images, `engines.video_sampling.clip_noise` for
+clips), so only the seed is stored, and its sample is the engines' own Euler sampler (`steps` steps,
+the teacher's CFG or embedded guidance; whole bidirectional clips for video). Captions (and, for
+clips, per-frame actions) come from the world's training distribution, their own stream
+(`PAIR_STREAM`), never the held-out prompts. The set is one safetensors file (seeds, tokens, actions,
+samples in float16) with the recipe in its metadata: a run that resumes reuses it only if the recipe
+matches, else it stops with a clear error rather than train on pairs of another teacher.
+
+Users: reflow's `pair_set`, DMD2's `regression_weight` (images), Self-Forcing's `ode_init` stage (clips).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from engines.denoisers import embeds_guidance, velocity
 from engines.image import initial_noise
 from engines.samplers import flow_match_sample
 from engines.text_encoder import TextEmbedding, TextEncoder
+from engines.video_sampling import clip_noise
 from trainer.config import ConfigError
 from trainer.image_task import new_scheduler
-from trainer.worlds import shapes
+from trainer.worlds import motion, shapes
 
 PAIR_STREAM = -1  # world_rng rank of the pairs' captions: apart from every training rank's batches
 FORMAT = "distillery-ode-pairs/1"
@@ -52,12 +56,21 @@ class PairRecipe:
     count: int
     seed: int  # the captions' stream; pair i's noise comes from seed `seed * count + i`
     max_tokens: int
+    frames: int = 0  # 0: images of the shapes world; > 0: clips of that many frames of the motion world
+    interactive_fraction: float = 0.0  # clips only: the share driven by per-frame actions
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.count < 1 or self.resolution < 1 or self.max_tokens < 1:
             raise ConfigError(f"a pair set needs steps, count, resolution and max_tokens >= 1, got {self}")
         if self.guidance < 0:
             raise ConfigError(f"a pair set's guidance must be >= 0, got {self.guidance}")
+        if self.frames < 0 or not 0 <= self.interactive_fraction <= 1:
+            raise ConfigError(f"a pair set needs frames >= 0 and 0 <= interactive_fraction <= 1, got {self}")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        r = self.resolution
+        return (self.frames, 3, r, r) if self.frames else (3, r, r)
 
     def metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "recipe": json.dumps(asdict(self), sort_keys=True)}
@@ -68,7 +81,8 @@ class PairSet:
     recipe: PairRecipe
     seeds: torch.Tensor  # (N,) int64: pair i's noise is initial_noise([seeds[i]])
     tokens: dict[str, torch.Tensor]  # input_ids, attention_mask: (N, max_tokens) int64
-    images: torch.Tensor  # (N, 3, R, R) float16 in [-1, 1]: the teacher's ODE solution from that noise
+    samples: torch.Tensor  # (N, *recipe.sample_shape) float16 in [-1, 1]: the teacher's ODE solution from that noise
+    actions: torch.Tensor | None = None  # clips: (N, frames) int64 action ids (0, "none", where not interactive)
 
     def __len__(self) -> int:
         return int(self.seeds.shape[0])
@@ -77,12 +91,22 @@ class PairSet:
         """b pair indices, uniform with replacement, from the step's generator (a resumed run repeats)."""
         return torch.randint(len(self), (b,), generator=rng, device=rng.device).cpu()
 
-    def batch(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """(noise (b, 3, R, R) float32, tokens, images (b, 3, R, R) float32) of those pairs, on `device`."""
-        r = self.recipe.resolution
-        noise, _ = initial_noise([int(s) for s in self.seeds[indices]], (3, r, r), device)
-        tokens = {k: v[indices] for k, v in self.tokens.items()}
-        return noise, tokens, self.images[indices].to(device, torch.float32)
+    def batch(self, indices: torch.Tensor, device: torch.device) -> dict:
+        """Those pairs on `device`: noise and samples (b, *sample_shape) float32, tokens, actions (clips)."""
+        seeds = [int(s) for s in self.seeds[indices]]
+        return {
+            "noise": pair_noise(self.recipe, seeds, device),
+            "tokens": {k: v[indices] for k, v in self.tokens.items()},
+            "samples": self.samples[indices].to(device, torch.float32),
+            "actions": None if self.actions is None else self.actions[indices].to(device),
+        }
+
+
+def pair_noise(recipe: PairRecipe, seeds: list[int], device: torch.device) -> torch.Tensor:
+    """The engines' own starting noise for those seeds: what the teacher's samples were drawn from."""
+    if recipe.frames:
+        return clip_noise(seeds, recipe.frames, recipe.sample_shape[1:], device)[0]
+    return initial_noise(seeds, recipe.sample_shape, device)[0]
 
 
 @torch.no_grad()
@@ -98,34 +122,49 @@ def teacher_pairs(
 
 
 def make_pair_set(recipe: PairRecipe, network, text_encoder: TextEncoder, device: torch.device, chunk: int = 256) -> PairSet:
-    """Draw the set: captions from the world's training distribution, then the ODE `chunk` pairs at a time."""
+    """Draw the set: captions (and actions) from the world's training distribution, then the teacher's
+    ODE `chunk` pairs at a time (images) or whole clips, bidirectionally, 32 at a time."""
     rng = shapes.step_rng(recipe.seed, PAIR_STREAM, 0)
-    captions = [shapes.sample_scene(rng).caption for _ in range(recipe.count)]
     seeds = torch.arange(recipe.count, dtype=torch.int64) + recipe.seed * recipe.count
+    if recipe.frames:
+        clips = motion.train_batch(rng, recipe.count, recipe.frames, interactive_fraction=recipe.interactive_fraction)
+        captions = [c.caption for c in clips]
+        actions = torch.stack([motion.action_ids(c, recipe.frames) for c in clips])
+    else:
+        captions = [shapes.sample_scene(rng).caption for _ in range(recipe.count)]
+        actions = None
     tokens = text_encoder.tokenize(captions)
     if tokens["input_ids"].shape[1] != recipe.max_tokens:
         raise ConfigError(f"the text encoder pads to {tokens['input_ids'].shape[1]} tokens; the recipe says {recipe.max_tokens}")
-    r = recipe.resolution
-    images = torch.empty((recipe.count, 3, r, r), dtype=torch.float16)
-    done = 0
     print(f"ode pairs: {recipe.count} pairs from {recipe.teacher} ({recipe.steps} steps, guidance {recipe.guidance})", flush=True)
-    while done < recipe.count:
-        part = slice(done, min(done + chunk, recipe.count))
-        n = part.stop - part.start
-        noise, _ = initial_noise([int(s) for s in seeds[part]], (3, r, r), device)
-        cond = text_encoder.encode_tokens({k: v[part] for k, v in tokens.items()})
-        x0 = teacher_pairs(network, recipe.shift, noise, recipe.steps, cond, text_encoder.null(n), recipe.guidance)
-        images[part] = x0.clamp(-1, 1).to("cpu", torch.float16)
-        done = part.stop
-    return PairSet(recipe, seeds, {k: v.to(torch.int64) for k, v in tokens.items()}, images)
+    if recipe.frames:
+        from trainer.video_task import sample_for_clips
+
+        scheduler = new_scheduler(recipe.shift)
+        made = sample_for_clips(
+            network, text_encoder, clips, recipe.frames, recipe.steps, recipe.guidance, scheduler, False, [int(s) for s in seeds]
+        )
+        samples = made.clamp(-1, 1).to("cpu", torch.float16)
+    else:
+        samples = torch.empty((recipe.count, *recipe.sample_shape), dtype=torch.float16)
+        for start in range(0, recipe.count, chunk):
+            part = slice(start, min(start + chunk, recipe.count))
+            noise = pair_noise(recipe, [int(s) for s in seeds[part]], device)
+            cond = text_encoder.encode_tokens({k: v[part] for k, v in tokens.items()})
+            null = text_encoder.null(part.stop - part.start)
+            x0 = teacher_pairs(network, recipe.shift, noise, recipe.steps, cond, null, recipe.guidance)
+            samples[part] = x0.clamp(-1, 1).to("cpu", torch.float16)
+    return PairSet(recipe, seeds, {k: v.to(torch.int64) for k, v in tokens.items()}, samples, actions)
 
 
 def save_pair_set(pairs: PairSet, path: Path) -> Path:
     """One safetensors file, written atomically (ranks of a multi-GPU run may race to write the same set)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokens = {f"tokens.{k}": v.contiguous() for k, v in pairs.tokens.items()}
-    tensors = {"seeds": pairs.seeds, "images": pairs.images.contiguous()} | tokens
+    tensors = {"seeds": pairs.seeds, "samples": pairs.samples.contiguous()}
+    tensors |= {f"tokens.{k}": v.contiguous() for k, v in pairs.tokens.items()}
+    if pairs.actions is not None:
+        tensors["actions"] = pairs.actions.contiguous()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata=pairs.recipe.metadata())
     os.replace(tmp, path)
@@ -148,15 +187,15 @@ def load_pair_set(path: Path) -> PairSet:
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"pair set {path} has a damaged recipe: {err}") from err
     tokens = {k.removeprefix("tokens."): v for k, v in tensors.items() if k.startswith("tokens.")}
-    n, r = recipe.count, recipe.resolution
-    expected = {"seeds": (n,), "images": (n, 3, r, r)}
-    shapes_ok = all(k in tensors and tuple(tensors[k].shape) == s for k, s in expected.items())
-    shapes_ok = shapes_ok and set(tokens) >= {"input_ids", "attention_mask"}
-    shapes_ok = shapes_ok and all(tuple(v.shape) == (n, recipe.max_tokens) for v in tokens.values())
-    if not shapes_ok:
+    n = recipe.count
+    expected = {"seeds": (n,), "samples": (n, *recipe.sample_shape)} | ({"actions": (n, recipe.frames)} if recipe.frames else {})
+    fits = all(k in tensors and tuple(tensors[k].shape) == s for k, s in expected.items())
+    fits = fits and set(tokens) >= {"input_ids", "attention_mask"}
+    fits = fits and all(tuple(v.shape) == (n, recipe.max_tokens) for v in tokens.values())
+    if not fits:
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         raise ConfigError(f"pair set {path} does not match its recipe ({recipe}): tensors {found}")
-    return PairSet(recipe, tensors["seeds"], tokens, tensors["images"])
+    return PairSet(recipe, tensors["seeds"], tokens, tensors["samples"], tensors.get("actions"))
 
 
 def ode_pair_set(path: Path, recipe: PairRecipe, network, text_encoder: TextEncoder, device: torch.device) -> PairSet:

@@ -188,6 +188,8 @@ class VideoMethod(ExportedMethod):
             "causal_fraction": getattr(self.args, "causal_fraction", 1.0 if self.streaming else 0.0),
             "init_from": config.init_from,
         }
+        if getattr(getattr(self, "args", None), "stage", None):  # e.g. Self-Forcing's ode_init before its DMD stage
+            data["stage"] = self.args.stage
         source = f"{self.eval_clip_count()} held-out clips"
         card = self.model_card("video", int(network.config.resolution), data, summary, metrics, source)
         out.mkdir(parents=True, exist_ok=True)

@@ -42,14 +42,14 @@ def recipe_for(teacher, **changes) -> PairRecipe:
 def test_pair_i_is_what_the_teacher_engine_draws_for_its_caption_and_seed(teacher, studio_registry, text_encoder):
     recipe = recipe_for(teacher)
     pairs = make_pair_set(recipe, teacher.network, text_encoder, CPU, chunk=2)  # chunks of 2: batching must not matter
-    assert len(pairs) == 5 and pairs.images.dtype == torch.float16
+    assert len(pairs) == 5 and pairs.samples.dtype == torch.float16
     assert pairs.seeds.tolist() == [35, 36, 37, 38, 39]  # seed * count + i: sets of other seeds do not overlap
     captions = text_encoder.tokenizer.batch_decode(pairs.tokens["input_ids"], skip_special_tokens=True)
     assert len(set(captions)) > 1  # the world's captions, not one prompt repeated
     engine = studio_registry.engine("tiny-cpu")
     for i in (0, 4):
         made = engine.generate(ImageRequest(captions[i], seed=int(pairs.seeds[i]), steps=3, guidance=2.0)).images[0]
-        ours = ((pairs.images[i].float() + 1) / 2 * 255).round().clamp(0, 255).permute(1, 2, 0).numpy()
+        ours = ((pairs.samples[i].float() + 1) / 2 * 255).round().clamp(0, 255).permute(1, 2, 0).numpy()
         assert np.abs(np.asarray(made, dtype=np.float32) - ours).max() <= 2.0  # uint8 rounding, float16 storage
 
 
@@ -60,22 +60,23 @@ def test_a_saved_set_round_trips_and_is_reused_only_for_its_own_recipe(teacher, 
     assert path.is_file() and not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
     loaded = load_pair_set(path)
     assert loaded.recipe == recipe
-    assert torch.equal(loaded.images, made.images) and torch.equal(loaded.seeds, made.seeds)
+    assert torch.equal(loaded.samples, made.samples) and torch.equal(loaded.seeds, made.seeds)
     assert all(torch.equal(loaded.tokens[k], made.tokens[k]) for k in made.tokens)
 
     import trainer.ode_pairs as ode_pairs
 
     monkeypatch.setattr(ode_pairs, "make_pair_set", lambda *a, **k: pytest.fail("a matching set must be reused, not remade"))
     again = ode_pair_set(path, recipe, teacher.network, text_encoder, CPU)
-    assert torch.equal(again.images, made.images)
+    assert torch.equal(again.samples, made.samples)
     before = path.read_bytes()
     with pytest.raises(ConfigError, match="holds pairs made by .*steps=3.*asks for .*steps=8.*delete the file"):
         ode_pair_set(path, recipe_for(teacher, count=3, steps=8), teacher.network, text_encoder, CPU)
     assert path.read_bytes() == before  # refused, not overwritten: a resumed run may have trained on it
 
-    noise, tokens, images = loaded.batch(torch.tensor([2, 0]), CPU)
-    assert noise.shape == images.shape == (2, 3, recipe.resolution, recipe.resolution) and images.dtype == torch.float32
-    assert torch.equal(tokens["input_ids"], loaded.tokens["input_ids"][[2, 0]])
+    batch = loaded.batch(torch.tensor([2, 0]), CPU)
+    assert batch["noise"].shape == batch["samples"].shape == (2, 3, recipe.resolution, recipe.resolution)
+    assert batch["samples"].dtype == torch.float32 and batch["actions"] is None
+    assert torch.equal(batch["tokens"]["input_ids"], loaded.tokens["input_ids"][[2, 0]])
     g = torch.Generator().manual_seed(0)
     first = loaded.draw(64, g)
     assert first.min() >= 0 and first.max() < 3 and torch.equal(first, loaded.draw(64, torch.Generator().manual_seed(0)))
@@ -91,7 +92,7 @@ def test_damaged_or_foreign_pair_files_are_refused_clearly(teacher, text_encoder
     with pytest.raises(ConfigError, match="not a Distillery pair set"):
         load_pair_set(foreign)
     pairs = make_pair_set(recipe_for(teacher, count=2), teacher.network, text_encoder, CPU)
-    pairs.images = pairs.images[:1]  # one image for two pairs
+    pairs.samples = pairs.samples[:1]  # one image for two pairs
     truncated = save_pair_set(pairs, tmp_path / "truncated.safetensors")
     with pytest.raises(ConfigError, match="does not match its recipe"):
         load_pair_set(truncated)

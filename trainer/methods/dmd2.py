@@ -230,10 +230,10 @@ class DMD2(DistillationMethod):
 
     def _regression(self, generator_net, b: int, rng: torch.Generator) -> torch.Tensor:
         """0.5 mean squared distance between G's one-step images from b pairs' noise and the teacher's."""
-        z, tokens, target = self.pairs.batch(self.pairs.draw(b, rng), self.device)
-        emb = self.text_encoder.encode_tokens(tokens)
-        one_step = distill.predict_x0(generator_net, z, torch.ones(b, device=self.device), emb)
-        return 0.5 * ((one_step.float() - target) ** 2).mean()
+        pairs = self.pairs.batch(self.pairs.draw(b, rng), self.device)
+        emb = self.text_encoder.encode_tokens(pairs["tokens"])
+        one_step = distill.predict_x0(generator_net, pairs["noise"], torch.ones(b, device=self.device), emb)
+        return 0.5 * ((one_step.float() - pairs["samples"]) ** 2).mean()
 
     def _rewards(self, x0: torch.Tensor, conditions: list) -> torch.Tensor:
         """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU)."""

@@ -249,8 +249,8 @@ class Reflow(ImageMethod):
         for the batch's own captions."""
         b = batch["tokens"]["input_ids"].shape[0]
         if self.pairs is not None:
-            z, tokens, x0 = self.pairs.batch(self.pairs.draw(b, rng), self.device)
-            return self.text_encoder.encode_tokens(tokens), z, x0
+            pairs = self.pairs.batch(self.pairs.draw(b, rng), self.device)
+            return self.text_encoder.encode_tokens(pairs["tokens"]), pairs["noise"], pairs["samples"]
         emb = self.text_encoder.encode_tokens(batch["tokens"])
         r = self.resolution
         z = torch.randn((b, 3, r, r), generator=rng, device=self.device)

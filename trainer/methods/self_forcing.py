@@ -14,11 +14,21 @@ Step counts per chunk are drawn from `student_steps` each rollout (their trailin
 checkpoint serves 1, 2 or 4 steps per chunk, and any mix of them across chunks: Diagonal
 Distillation's asymmetric schedule (more steps for the first chunks, fewer later) is an inference
 choice measured by `bench video`, not a separate model.
+
+Stage `ode_init` (Self-Forcing sec. 4, after CausVid): before DMD, make the causal student a few-step
+sampler of the teacher's clips by regression. A fixed set of `ode_pairs` clips is drawn once by the
+bidirectional teacher's ODE with CFG (`trainer/ode_pairs.py`); the student then walks each clip chunk
+by chunk as it streams, the cache holding the teacher's frames (teacher forcing), and each chunk
+regresses the teacher's frames at one of the k steps of its sampler: at the first step from the very
+noise the teacher started from, at later ones from the teacher's frames re-noised to that step's
+sigma, which is what the student's jump-and-renoise sampler feeds it. Export it, then run the DMD
+stage with `init_from` that export.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,7 +41,10 @@ from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import new_scheduler
 from trainer.methods.flow_matching import flow_matching_loss
 from trainer.methods.video_fm import video_network
+from trainer.ode_pairs import PairRecipe, PairSet, ode_pair_set
 from trainer.video_task import VideoMethod
+
+STAGES = ("dmd", "ode_init")
 
 
 @dataclass
@@ -41,6 +54,9 @@ class SelfForcingConfig(distill.CriticDistillConfig):
     # KV window during rollouts, in frames: shorter than the clip, so training rollouts evict frames
     # into the EMA sink as endless streams do (with the served window, 16 frames would never evict)
     train_window: int = 8
+    stage: str = "dmd"  # dmd: Self-Forcing proper | ode_init: regress the teacher's ODE clips first (see above)
+    ode_pairs: int = 2048  # ode_init: teacher clips in the fixed set (<run_dir>/ode-pairs.safetensors)
+    ode_pair_steps: int = 16  # ode_init: Euler steps of the teacher's whole-clip ODE, at the real score's CFG
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,6 +64,12 @@ class SelfForcingConfig(distill.CriticDistillConfig):
             raise ConfigError("method_config needs frames >= 1 and 0 <= interactive_fraction <= 1")
         if self.train_window < 1:
             raise ConfigError("method_config.train_window must be >= 1 frame")
+        if self.stage not in STAGES:
+            raise ConfigError(f"method_config.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.ode_pairs < 1 or self.ode_pair_steps < 1:
+            raise ConfigError(
+                f"method_config needs ode_pairs >= 1 and ode_pair_steps >= 1, got {self.ode_pairs} and {self.ode_pair_steps}"
+            )
 
 
 class SelfForcing(VideoMethod):
@@ -70,13 +92,33 @@ class SelfForcing(VideoMethod):
         self.guidance = guidance if guidance is not None else (self.teacher.card.default_guidance or 1.0)
         # the student starts from init_from or the teacher; the critic (fake score) from the teacher
         start = config.init_from or config.teacher
-        self.networks = {"generator": video_network(config, start), "critic": video_network(config, config.teacher)}
+        self.networks = {"generator": video_network(config, start)}
+        if self.args.stage == "dmd":
+            self.networks["critic"] = video_network(config, config.teacher)
+            self.lr_scales = {"critic": self.args.critic_lr_scale}
         self.ema_roles = ("generator",)
-        self.lr_scales = {"critic": self.args.critic_lr_scale}
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
+        self.pairs: PairSet | None = None
+        if self.args.stage == "ode_init":
+            recipe = PairRecipe(
+                teacher=self.teacher_id,
+                steps=self.args.ode_pair_steps,
+                guidance=float(self.guidance),
+                shift=self.teacher.scheduler_shift,
+                resolution=int(self.teacher.network.config.resolution),
+                count=self.args.ode_pairs,
+                seed=config.seed,
+                max_tokens=text_encoder.max_tokens,
+                frames=self.frames,
+                interactive_fraction=self.interactive_fraction,
+            )
+            path = Path(config.run_dir) / "ode-pairs.safetensors"
+            self.pairs = ode_pair_set(path, recipe, self.teacher.network, text_encoder, device)
 
     def phases(self, step: int) -> list[str]:
+        if self.args.stage == "ode_init":
+            return ["generator"]
         return ["generator", "critic"] if step % self.args.critic_updates == 0 else ["critic"]
 
     def rollout(self, generator_net, emb: TextEmbedding, actions: torch.Tensor, rng: torch.Generator, grad: bool):
@@ -112,7 +154,33 @@ class SelfForcing(VideoMethod):
         u = torch.rand(b, generator=rng, device=self.device)
         return self.args.sigma_min + (self.args.sigma_max - self.args.sigma_min) * u
 
+    def ode_loss(self, generator_net, b: int, rng: torch.Generator) -> torch.Tensor:
+        """Stage ode_init: b teacher clips walked chunk by chunk with the teacher's frames in the cache; each
+        chunk regresses its frames from one random step of a random k-step sampler (0.5 mean squared error)."""
+        model = unwrap(generator_net)
+        chunk = int(model.config.chunk)
+        pairs = self.pairs.batch(self.pairs.draw(b, rng), self.device)
+        emb = self.text_encoder.encode_tokens(pairs["tokens"])
+        noise, target, actions = pairs["noise"], pairs["samples"], pairs["actions"]
+        grid = self.grids[distill.pick(self.args.student_steps, rng)].to(self.device)
+        cache = model.new_cache(b, window=max(self.args.train_window, chunk))
+        errors = []
+        for start in range(0, self.frames, chunk):
+            frames = slice(start, min(start + chunk, self.frames))
+            clean, acts = target[:, frames], actions[:, frames]
+            i = distill.pick(list(range(len(grid) - 1)), rng)
+            fresh = torch.randn(clean.shape, generator=rng, device=self.device)
+            x = noise[:, frames] if i == 0 else distill.add_noise(clean, fresh, grid[i].expand(b))
+            v = model.forward_chunk(x, grid[i].expand(b, clean.shape[1]), emb.states, emb.pooled, acts, cache, start)
+            errors.append(((x - grid[i] * v).float() - clean) ** 2)
+            with torch.no_grad():
+                model.commit_chunk(clean, emb.states, emb.pooled, acts, cache, start)
+        return 0.5 * torch.cat(errors, dim=1).mean()
+
     def loss(self, phase: str, networks: dict, batch: dict, rng: torch.Generator):
+        if self.args.stage == "ode_init":
+            loss = self.ode_loss(networks["generator"], batch["tokens"]["input_ids"].shape[0], rng)
+            return loss, {"loss/ode": loss.detach()}
         emb = self.encode(batch)
         actions = batch["actions"].to(self.device)
         b = emb.states.shape[0]

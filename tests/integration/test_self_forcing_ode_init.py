@@ -1,0 +1,124 @@
+"""Self-Forcing's ODE initialisation stage on the tiny CPU video teacher: teacher clips as pairs, the
+teacher-forced chunk regression, its export, and the DMD stage started from it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engines.card import load_card
+from engines.registry import Registry
+from engines.requests import VideoRequest
+from engines.text_encoder import TextEncoder
+from tests.conftest import REPO, one_thread
+from trainer.config import ConfigError, load_config
+from trainer.loop import train
+from trainer.methods.self_forcing import SelfForcing
+from trainer.ode_pairs import load_pair_set
+
+CPU = torch.device("cpu")
+CONFIG = str(REPO / "configs" / "tiny-self-forcing-cpu.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return TextEncoder(device="cpu", max_tokens=56)
+
+
+def ode_config(tiny_video_root, tmp_path, name: str, *extra: str):
+    return load_config(
+        CONFIG,
+        [
+            f"--teacher={tiny_video_root / 'tiny-video'}",
+            f"--run_dir={tmp_path / name}",
+            f"--export.output_dir={tmp_path / 'ck' / name}",
+            f"--export.id={name}",
+            "--export.dtype=float32",
+            "--method_config.stage=ode_init",
+            "--method_config.ode_pairs=5",
+            "--method_config.ode_pair_steps=3",
+            "--max_steps=3",
+            *extra,
+        ],
+    )
+
+
+def test_ode_init_regresses_teacher_clips_then_the_dmd_stage_starts_from_it(tiny_video_root, text_encoder, tmp_path):
+    train(ode_config(tiny_video_root, tmp_path, "ode"), text_encoder=text_encoder)
+    records = [json.loads(line) for line in (tmp_path / "ode" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss/ode"] for r in records if "loss/ode" in r]
+    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
+    assert not any("loss/critic" in r for r in records)  # no critic in this stage
+    pairs = load_pair_set(tmp_path / "ode" / "ode-pairs.safetensors")
+    assert pairs.samples.shape == (5, 4, 3, 16, 16) and pairs.actions.shape == (5, 4)
+    assert (pairs.recipe.teacher, pairs.recipe.frames, pairs.recipe.steps) == ("tiny-video", 4, 3)
+    card = load_card(tmp_path / "ck" / "ode")
+    assert (card.role, card.method, card.data["stage"], card.teacher) == ("student", "self_forcing", "ode_init", "tiny-video")
+
+    dmd = load_config(
+        CONFIG,
+        [
+            f"--teacher={tiny_video_root / 'tiny-video'}",
+            f"--init_from={tmp_path / 'ck' / 'ode'}",
+            f"--run_dir={tmp_path / 'dmd'}",
+            f"--export.output_dir={tmp_path / 'ck' / 'dmd'}",
+            "--export.id=dmd",
+        ],
+    )
+    train(dmd, text_encoder=text_encoder)
+    card = load_card(tmp_path / "ck" / "dmd")
+    assert (card.data["stage"], card.data["init_from"]) == ("dmd", str(tmp_path / "ck" / "ode"))
+    frames = Registry([tmp_path / "ck"], device="cpu").engine("dmd").generate(VideoRequest("a red ball", seed=1, frames=4))
+    assert len(frames.frames) == 4 and np.asarray(frames.frames[0]).shape == (16, 16, 3)
+
+
+def test_pair_clips_are_the_teachers_own_clips(tiny_video_root, text_encoder, tmp_path):
+    method = SelfForcing(
+        ode_config(tiny_video_root, tmp_path, "pairs", "--method_config.interactive_fraction=0"), CPU, text_encoder
+    )
+    pairs = method.pairs
+    assert int(pairs.actions.abs().sum()) == 0  # no interactive clips asked for
+    captions = text_encoder.tokenizer.batch_decode(pairs.tokens["input_ids"], skip_special_tokens=True)
+    engine = Registry([tiny_video_root], device="cpu").engine("tiny-video")
+    assert engine.card.default_guidance == method.guidance  # the pairs use the real score's CFG: the card's here
+    made = engine.generate(VideoRequest(captions[0], seed=int(pairs.seeds[0]), steps=3, frames=4))
+    ours = ((pairs.samples[0].float() + 1) / 2 * 255).round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    assert np.abs(np.stack([np.asarray(f) for f in made.frames]).astype(np.float32) - ours).max() <= 2.0
+
+
+def test_the_ode_loss_pulls_the_student_to_the_teachers_clips(tiny_video_root, text_encoder, tmp_path):
+    method = SelfForcing(ode_config(tiny_video_root, tmp_path, "pull"), CPU, text_encoder)
+    generator = method.networks["generator"]
+    assert set(method.networks) == {"generator"} and method.phases(0) == ["generator"]
+    optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    values = []
+    for _ in range(30):  # the same clips, steps and noise each time: only the student changes
+        loss = method.ode_loss(generator, 5, torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        values.append(loss.item())
+    assert values[-1] < 0.7 * values[0], values
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("--method_config.stage=warmup", "stage must be one of dmd, ode_init"),
+        ("--method_config.ode_pairs=0", "ode_pairs >= 1"),
+        ("--method_config.ode_pair_steps=0", "ode_pair_steps >= 1"),
+    ],
+)
+def test_bad_ode_init_settings_are_refused(extra, message, tiny_video_root, text_encoder, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        SelfForcing(ode_config(tiny_video_root, tmp_path, "bad", extra), CPU, text_encoder)
