@@ -507,6 +507,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         pooled: torch.Tensor,
         actions: torch.Tensor | None = None,
         causal: bool = False,
+        cache: VideoKVCache | None = None,
+        frame_index: int = 0,
     ) -> torch.Tensor:
         """Velocity (B, T, C, H, W) for a whole clip.
 
@@ -514,7 +516,12 @@ class VideoDiT(ModelMixin, ConfigMixin):
         all-zero padding tokens; pooled (B, text_dim); actions (B, T) ids or None (= action 0, "none").
         causal: frame f attends to frames of chunk f // chunk and earlier chunks (a final partial chunk
         is fine); otherwise every frame attends to every frame.
+        cache: `sample` is instead one chunk starting at `frame_index`, attending to the cache
+        (`forward_chunk`). Training calls chunks this way so that a DistributedDataParallel wrapper sees
+        the forward it must synchronise gradients for (calling the wrapped module's method skips it).
         """
+        if cache is not None:
+            return self.forward_chunk(sample, sigma, encoder_hidden_states, pooled, actions, cache, frame_index)
         self._check(sample, sigma, encoder_hidden_states, pooled, actions)
         batch, frames = sample.shape[:2]
         x, skips = self._embed_frames(sample)

@@ -13,7 +13,7 @@ from engines.requests import ImageRequest
 from trainer import distill
 from trainer.config import ConfigError, load_config
 from trainer.loop import StopFlag, train
-from trainer.methods.dmd2 import DMD2
+from trainer.methods.dmd2 import DMD2, regression_loss
 from trainer.methods.reflow import Reflow
 from trainer.ode_pairs import PairRecipe, load_pair_set, make_pair_set, ode_pair_set, save_pair_set
 
@@ -156,7 +156,8 @@ def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(tiny_image_root
     optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
     values = []
     for _ in range(12):  # the same 6 pairs each time: only the generator changes
-        loss = method._regression(generator, 6, torch.Generator().manual_seed(0))
+        z, emb, teacher_images = method._pair_batch(6, torch.Generator().manual_seed(0))
+        loss = regression_loss(distill.predict_x0(generator, z, torch.ones(6), emb), teacher_images)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

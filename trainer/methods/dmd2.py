@@ -70,6 +70,15 @@ class DMD2Config(distill.CriticDistillConfig):
             )
 
 
+def regression_loss(one_step: torch.Tensor, teacher_images: torch.Tensor) -> torch.Tensor:
+    """DMD's regression term: 0.5 mean squared distance of G's one-step images to the teacher's from the same noise."""
+    return 0.5 * ((one_step.float() - teacher_images.float()) ** 2).mean()
+
+
+def cat(a: TextEmbedding, b: TextEmbedding) -> TextEmbedding:
+    return TextEmbedding(torch.cat([a.states, b.states]), torch.cat([a.pooled, b.pooled]), torch.cat([a.mask, b.mask]))
+
+
 class GANHead(torch.nn.Module):
     """Real/fake logit from the critic's bottleneck features: (B, C, H, W) or tokens (B, N, C)."""
 
@@ -158,14 +167,23 @@ class DMD2(DistillationMethod):
     def phases(self, step: int) -> list[str]:
         return ["generator", "critic"] if step % self.args.critic_updates == 0 else ["critic"]
 
-    def _student_sample(self, generator_net, emb: TextEmbedding, shape, rng: torch.Generator, grad: bool):
-        """G's clean image at a random step of a random k-step sampler (backward simulation)."""
+    def _student_input(self, generator_net, emb: TextEmbedding, shape, rng: torch.Generator):
+        """(x, sigma): G's input at a random step of a random k-step sampler (backward simulation, no gradients)."""
         k = distill.pick(self.args.student_steps, rng)
         stop = distill.pick(list(range(k)), rng)
         noise = torch.randn(shape, generator=rng, device=self.device)
-        x, sigma = distill.simulate_student(generator_net, noise, emb, self.grids[k], stop, rng)
-        with torch.set_grad_enabled(grad):
+        return distill.simulate_student(generator_net, noise, emb, self.grids[k], stop, rng)
+
+    def _student_sample(self, generator_net, emb: TextEmbedding, shape, rng: torch.Generator) -> torch.Tensor:
+        """G's clean image at a random step of a random k-step sampler, without gradients (the critic's data)."""
+        x, sigma = self._student_input(generator_net, emb, shape, rng)
+        with torch.no_grad():
             return distill.predict_x0(generator_net, x, sigma, emb)
+
+    def _pair_batch(self, b: int, rng: torch.Generator) -> tuple[torch.Tensor, TextEmbedding, torch.Tensor]:
+        """(noise, caption embedding, teacher image) of b regression pairs drawn from the fixed set."""
+        pairs = self.pairs.batch(self.pairs.draw(b, rng), self.device)
+        return pairs["noise"], self.text_encoder.encode_tokens(pairs["tokens"]), pairs["samples"]
 
     def _noise_level(self, b: int, rng: torch.Generator) -> torch.Tensor:
         u = torch.rand(b, generator=rng, device=self.device)
@@ -177,7 +195,15 @@ class DMD2(DistillationMethod):
         shape = (b, 3, r, r)
         critic = networks["critic"]
         if phase == "generator":
-            x0 = self._student_sample(networks["generator"], emb, shape, rng, grad=True)
+            generator = networks["generator"]
+            x, sigma = self._student_input(generator, emb, shape, rng)
+            if self.pairs is None:
+                x0 = distill.predict_x0(generator, x, sigma, emb)
+            else:  # the pairs' one-step images ride in the same forward: one DDP forward per backward
+                z, pair_emb, pair_images = self._pair_batch(b, rng)
+                inputs, sigmas = torch.cat([x, z]), torch.cat([sigma, torch.ones_like(sigma)])
+                both = distill.predict_x0(generator, inputs, sigmas, cat(emb, pair_emb))
+                x0, one_step = both[:b], both[b:]
             t = self._noise_level(b, rng)
             noise = torch.randn(shape, generator=rng, device=self.device)
             x_t = distill.add_noise(x0, noise, t)
@@ -203,14 +229,13 @@ class DMD2(DistillationMethod):
                 loss = loss + self.args.gan_generator_weight * gan
                 metrics["loss/gan_generator"] = gan.detach()
             if self.pairs is not None:
-                regression = self._regression(networks["generator"], b, rng)
+                regression = regression_loss(one_step, pair_images)
                 loss = loss + self.args.regression_weight * regression
                 metrics["loss/regression"] = regression.detach()
             return loss, metrics
 
         # critic: flow matching on G's (detached) samples, plus the GAN real/fake loss
-        with torch.no_grad():
-            x0 = self._student_sample(networks["generator"], emb, shape, rng, grad=False)
+        x0 = self._student_sample(networks["generator"], emb, shape, rng)
         sigma = torch.sigmoid(torch.randn(b, generator=rng, device=self.device))
         noise = torch.randn(shape, generator=rng, device=self.device)
         v, _ = critic(distill.add_noise(x0, noise, sigma), sigma, emb.states, emb.pooled, emb.mask)
@@ -227,13 +252,6 @@ class DMD2(DistillationMethod):
             loss = loss + self.args.gan_critic_weight * gan
             metrics["loss/gan_critic"] = gan.detach()
         return loss, metrics
-
-    def _regression(self, generator_net, b: int, rng: torch.Generator) -> torch.Tensor:
-        """0.5 mean squared distance between G's one-step images from b pairs' noise and the teacher's."""
-        pairs = self.pairs.batch(self.pairs.draw(b, rng), self.device)
-        emb = self.text_encoder.encode_tokens(pairs["tokens"])
-        one_step = distill.predict_x0(generator_net, pairs["noise"], torch.ones(b, device=self.device), emb)
-        return 0.5 * ((one_step.float() - pairs["samples"]) ** 2).mean()
 
     def _rewards(self, x0: torch.Tensor, conditions: list) -> torch.Tensor:
         """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU)."""

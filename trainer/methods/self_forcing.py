@@ -140,7 +140,7 @@ class SelfForcing(VideoMethod):
             for i in range(exit_step + 1):
                 sigma = grid[i].expand(b, count)
                 with torch.set_grad_enabled(grad and i == exit_step):
-                    v = model.forward_chunk(x, sigma, emb.states, emb.pooled, acts, cache, start)
+                    v = generator_net(x, sigma, emb.states, emb.pooled, acts, cache=cache, frame_index=start)
                     x0 = x - grid[i] * v
                 if i < exit_step:
                     fresh = torch.randn(x.shape, generator=rng, device=self.device)
@@ -171,7 +171,8 @@ class SelfForcing(VideoMethod):
             i = distill.pick(list(range(len(grid) - 1)), rng)
             fresh = torch.randn(clean.shape, generator=rng, device=self.device)
             x = noise[:, frames] if i == 0 else distill.add_noise(clean, fresh, grid[i].expand(b))
-            v = model.forward_chunk(x, grid[i].expand(b, clean.shape[1]), emb.states, emb.pooled, acts, cache, start)
+            sigma = grid[i].expand(b, clean.shape[1])
+            v = generator_net(x, sigma, emb.states, emb.pooled, acts, cache=cache, frame_index=start)
             errors.append(((x - grid[i] * v).float() - clean) ** 2)
             with torch.no_grad():
                 model.commit_chunk(clean, emb.states, emb.pooled, acts, cache, start)
