@@ -198,6 +198,35 @@ def load_pair_set(path: Path) -> PairSet:
     return PairSet(recipe, tensors["seeds"], tokens, tensors["samples"], tensors.get("actions"))
 
 
+def run_pair_set(
+    config,
+    teacher,
+    text_encoder: TextEncoder,
+    device: torch.device,
+    *,
+    steps: int,
+    guidance: float,
+    count: int,
+    frames: int = 0,
+    interactive_fraction: float = 0.0,
+) -> PairSet:
+    """A training run's pair set: `teacher` (a trainer.distill.Teacher) draws it, the run's seed picks the
+    captions, and it lives in <run_dir>/ode-pairs.safetensors."""
+    recipe = PairRecipe(
+        teacher=teacher.id,
+        steps=steps,
+        guidance=float(guidance),
+        shift=teacher.scheduler_shift,
+        resolution=int(teacher.card.resolution),
+        count=count,
+        seed=config.seed,
+        max_tokens=text_encoder.max_tokens,
+        frames=frames,
+        interactive_fraction=interactive_fraction,
+    )
+    return ode_pair_set(Path(config.run_dir) / "ode-pairs.safetensors", recipe, teacher.network, text_encoder, device)
+
+
 def ode_pair_set(path: Path, recipe: PairRecipe, network, text_encoder: TextEncoder, device: torch.device) -> PairSet:
     """The set at `path` when it was made by this recipe; made (and saved there) when absent. A set of
     another recipe is refused, not overwritten: it may be what a run being resumed trained on."""

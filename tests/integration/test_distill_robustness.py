@@ -13,28 +13,6 @@ from trainer.guard import TrainingCollapsed
 from trainer.loop import StopFlag, TrainingDiverged, train
 
 
-@pytest.fixture()
-def dmd2_args(tiny_image_root, tmp_path):
-    def make(name: str, *extra: str) -> list[str]:
-        return [
-            "--method=dmd2",
-            f"--teacher={tiny_image_root / 'tiny-cpu'}",
-            "--method_config.critic_updates=2",
-            "--batch_size=4",
-            "--log_every=1",
-            "--sample_every=1000",
-            "--eval_every=1000",
-            "--checkpoint_every=1000",
-            "--warmup_steps=1",
-            "--max_steps=5",
-            f"--run_dir={tmp_path / name}",
-            f"--export.output_dir={tmp_path / name / 'model'}",
-            *extra,
-        ]
-
-    return make
-
-
 def losses(run_dir) -> dict[int, dict]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {

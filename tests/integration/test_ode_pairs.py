@@ -105,28 +105,15 @@ def test_damaged_or_foreign_pair_files_are_refused_clearly(teacher, text_encoder
 # ----------------------------------------------------------------------------- users
 
 
-def dmd2_config(tiny_image_root, tmp_path, name: str, *extra: str):
-    return load_config(
-        "configs/tiny-cpu.yaml",
-        [
-            "--method=dmd2",
-            f"--teacher={tiny_image_root / 'tiny-cpu'}",
-            "--method_config.critic_updates=2",
-            "--method_config.regression_weight=0.25",
-            "--method_config.regression_pairs=6",
-            "--method_config.regression_pair_steps=2",
-            "--batch_size=3",
-            "--log_every=1",
-            "--sample_every=1000",
-            "--eval_every=1000",
-            "--checkpoint_every=1000",
-            "--warmup_steps=1",
-            "--max_steps=5",
-            f"--run_dir={tmp_path / name}",
-            f"--export.output_dir={tmp_path / name / 'model'}",
-            *extra,
-        ],
-    )
+REGRESSION = (
+    "--method_config.regression_weight=0.25",
+    "--method_config.regression_pairs=6",
+    "--method_config.regression_pair_steps=2",
+)
+
+
+def dmd2_config(dmd2_args, name: str, *extra: str):
+    return load_config("configs/tiny-cpu.yaml", dmd2_args(name, *REGRESSION, *extra))
 
 
 def logged(run_dir) -> dict[int, dict]:
@@ -134,14 +121,14 @@ def logged(run_dir) -> dict[int, dict]:
     return {r["step"]: {k: v for k, v in r.items() if k.startswith("loss")} for r in records if "loss/critic" in r}
 
 
-def test_dmd2_with_the_regression_loss_trains_logs_and_resumes_exactly(tiny_image_root, text_encoder, tmp_path):
-    train(dmd2_config(tiny_image_root, tmp_path, "straight"), text_encoder=text_encoder)
+def test_dmd2_with_the_regression_loss_trains_logs_and_resumes_exactly(dmd2_args, text_encoder, tmp_path):
+    train(dmd2_config(dmd2_args, "straight"), text_encoder=text_encoder)
     pairs = load_pair_set(tmp_path / "straight" / "ode-pairs.safetensors")
     assert (len(pairs), pairs.recipe.steps, pairs.recipe.guidance) == (6, 2, 2.0)  # the real score's CFG: the card's 2.0
     stop = StopFlag()
-    broken = dmd2_config(tiny_image_root, tmp_path, "broken")
+    broken = dmd2_config(dmd2_args, "broken")
     train(broken, stop=stop, on_step=lambda step: stop.set() if step == 3 else None, text_encoder=text_encoder)
-    train(dmd2_config(tiny_image_root, tmp_path, "broken"), text_encoder=text_encoder)  # reuses its pair file
+    train(dmd2_config(dmd2_args, "broken"), text_encoder=text_encoder)  # reuses its pair file
     a, b = logged(tmp_path / "straight"), logged(tmp_path / "broken")
     generator_steps = [s for s in a if "loss/regression" in a[s]]
     assert generator_steps == [1, 3, 5]  # every generator step (critic_updates 2), never a critic-only step
@@ -150,8 +137,8 @@ def test_dmd2_with_the_regression_loss_trains_logs_and_resumes_exactly(tiny_imag
         assert a[step] == b[step]
 
 
-def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(tiny_image_root, text_encoder, tmp_path):
-    method = DMD2(dmd2_config(tiny_image_root, tmp_path, "pull"), CPU, text_encoder)
+def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(dmd2_args, text_encoder):
+    method = DMD2(dmd2_config(dmd2_args, "pull"), CPU, text_encoder)
     generator = method.networks["generator"]
     optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
     values = []
@@ -173,9 +160,9 @@ def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(tiny_image_root
         ("--method_config.regression_pair_steps=0", "regression_pair_steps >= 1"),
     ],
 )
-def test_bad_regression_settings_are_refused(extra, message, tiny_image_root, text_encoder, tmp_path):
+def test_bad_regression_settings_are_refused(extra, message, dmd2_args, text_encoder):
     with pytest.raises(ConfigError, match=message):
-        DMD2(dmd2_config(tiny_image_root, tmp_path, "bad", extra), CPU, text_encoder)
+        DMD2(dmd2_config(dmd2_args, "bad", extra), CPU, text_encoder)
 
 
 def test_reflow_from_a_fixed_pair_set(tiny_image_root, text_encoder, tmp_path):

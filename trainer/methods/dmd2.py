@@ -32,7 +32,6 @@ counts share the first step (every grid starts at sigma 1), so multi-step studen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.image_task import new_scheduler, render_batch
 from trainer.methods.base import DistillationMethod
 from trainer.methods.flow_matching import flow_matching_loss
-from trainer.ode_pairs import PairRecipe, PairSet, ode_pair_set
+from trainer.ode_pairs import PairSet, run_pair_set
 from trainer.worlds import shapes
 
 
@@ -149,18 +148,8 @@ class DMD2(DistillationMethod):
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
         self.pairs: PairSet | None = None
         if self.args.regression_weight > 0:
-            recipe = PairRecipe(
-                teacher=self.teacher.id,
-                steps=self.args.regression_pair_steps,
-                guidance=float(self.guidance),
-                shift=self.teacher.scheduler_shift,
-                resolution=self.teacher.card.resolution,
-                count=self.args.regression_pairs,
-                seed=config.seed,
-                max_tokens=text_encoder.max_tokens,
-            )
-            path = Path(config.run_dir) / "ode-pairs.safetensors"
-            self.pairs = ode_pair_set(path, recipe, self.teacher.network, text_encoder, device)
+            count, steps, guidance = self.args.regression_pairs, self.args.regression_pair_steps, self.guidance
+            self.pairs = run_pair_set(config, self.teacher, text_encoder, device, steps=steps, guidance=guidance, count=count)
         if config.compile:
             self.teacher.network = torch.compile(self.teacher.network)
 

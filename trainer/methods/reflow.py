@@ -47,7 +47,7 @@ from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import world_batch_cpu
 from trainer.methods.base import ImageMethod
 from trainer.methods.flow_matching import flow_matching_loss
-from trainer.ode_pairs import PairRecipe, PairSet, ode_pair_set, teacher_pairs
+from trainer.ode_pairs import PairSet, run_pair_set, teacher_pairs
 from trainer.worlds import shapes
 
 STAGES = ("reflow", "distill")
@@ -210,18 +210,8 @@ class Reflow(ImageMethod):
         self._measured: tuple[int, torch.Tensor] | None = None
         self.pairs: PairSet | None = None
         if self.args.pair_set:
-            recipe = PairRecipe(
-                teacher=self.pair_model.id,
-                steps=self.args.pair_steps,
-                guidance=float(self.guidance),
-                shift=self.pair_model.scheduler_shift,
-                resolution=self.pair_model.card.resolution,
-                count=self.args.pair_set,
-                seed=config.seed,
-                max_tokens=text_encoder.max_tokens,
-            )
-            path = Path(config.run_dir) / "ode-pairs.safetensors"
-            self.pairs = ode_pair_set(path, recipe, self.pair_model.network, text_encoder, device)
+            steps, count, guidance = self.args.pair_steps, self.args.pair_set, self.guidance
+            self.pairs = run_pair_set(config, self.pair_model, text_encoder, device, steps=steps, guidance=guidance, count=count)
         if config.compile:
             self.pair_model.network = torch.compile(self.pair_model.network)
 

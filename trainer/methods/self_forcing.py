@@ -28,7 +28,6 @@ stage with `init_from` that export.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -41,7 +40,7 @@ from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import new_scheduler
 from trainer.methods.flow_matching import flow_matching_loss
 from trainer.methods.video_fm import video_network
-from trainer.ode_pairs import PairRecipe, PairSet, ode_pair_set
+from trainer.ode_pairs import PairSet, run_pair_set
 from trainer.video_task import VideoMethod
 
 STAGES = ("dmd", "ode_init")
@@ -101,20 +100,17 @@ class SelfForcing(VideoMethod):
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
         self.pairs: PairSet | None = None
         if self.args.stage == "ode_init":
-            recipe = PairRecipe(
-                teacher=self.teacher_id,
+            self.pairs = run_pair_set(
+                config,
+                self.teacher,
+                text_encoder,
+                device,
                 steps=self.args.ode_pair_steps,
-                guidance=float(self.guidance),
-                shift=self.teacher.scheduler_shift,
-                resolution=int(self.teacher.network.config.resolution),
+                guidance=self.guidance,
                 count=self.args.ode_pairs,
-                seed=config.seed,
-                max_tokens=text_encoder.max_tokens,
                 frames=self.frames,
                 interactive_fraction=self.interactive_fraction,
             )
-            path = Path(config.run_dir) / "ode-pairs.safetensors"
-            self.pairs = ode_pair_set(path, recipe, self.teacher.network, text_encoder, device)
 
     def phases(self, step: int) -> list[str]:
         if self.args.stage == "ode_init":
