@@ -158,6 +158,7 @@ def markdown_table(result: dict) -> str:
     categories = list(dict.fromkeys(k for row in rows for k in row.get("quality", {}) if k != "overall"))
     with_fd = any("fd" in row for row in rows)  # suites without a distribution metric keep their table
     with_free = any("free_colour_bits" in row for row in rows)  # image rows measured since it was added
+    with_free_size = any("free_size_bits" in row for row in rows)
     with_decoder = any("decoder" in row for row in rows)  # text: one row per decoder, not per step count
     with_mode = any("mode" in row for row in rows)  # video: whole clip or stream, and the step schedule
     unit = rows[0].get("throughput_unit", "img/s") if rows else "img/s"
@@ -167,6 +168,7 @@ def markdown_table(result: dict) -> str:
     head += (
         ["FD"] * with_fd
         + ["free colours (bits)"] * with_free
+        + ["free sizes (bits)"] * with_free_size
         + ["p50 ms", "p90 ms", f"{unit} (batch)"]
         + ["train GPU min"] * with_cost
     )
@@ -193,6 +195,7 @@ def markdown_table(result: dict) -> str:
             *(f"{q[c]:.3f}" if c in q else "" for c in categories),
             *([f"{row['fd']:.2f}" if "fd" in row else ""] * with_fd),
             *([f"{row['free_colour_bits']:.2f}" if "free_colour_bits" in row else ""] * with_free),
+            *([f"{row['free_size_bits']:.2f}" if "free_size_bits" in row else ""] * with_free_size),
             f"{row['latency_ms_p50']:.1f}",
             f"{row['latency_ms_p90']:.1f}",
             f"{row['throughput_per_s']:.1f} ({row.get('throughput_batch', '')})",

@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     # from 0 a perfect generator would land with this many prompts.
     other = shapes.render(shapes.eval_scenes(args.prompts, seed=OTHER_SEED), device)
     real_fd = frechet_distance(fid_features(features, fd_images(other)), reference)
-    free_scenes = sum(shapes.leaves_colour_free(c) for c in conditions)
-    renders_free_bits = shapes.entropy_bits(shapes.free_colour_shares(shapes.to_uint8(renders), conditions))
+    free_scenes = {a: sum(shapes.leaves_free(c, a) for c in conditions) for a in shapes.FREE_ATTRIBUTES}
+    render_pixels = shapes.to_uint8(renders)
+    renders_free_bits = {a: shapes.entropy_bits(shapes.free_shares(render_pixels, conditions, a)) for a in shapes.FREE_ATTRIBUTES}
     floors: dict[int, float] = {}
 
     rows = []
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             pixels = shapes.to_uint8((images.float() + 1) / 2)
             found = shapes.detect_all(pixels)  # one detection pass for the judge and the diversity
             quality = shapes.judge(pixels, conditions, found)
-            free_colour_bits = shapes.entropy_bits(shapes.free_colour_shares(pixels, conditions, found))
+            free_bits = {a: shapes.entropy_bits(shapes.free_shares(pixels, conditions, a, found)) for a in shapes.FREE_ATTRIBUTES}
             fd = frechet_distance(fid_features(features, fd_images((images.float() + 1) / 2)), reference)
             scored_s = time.perf_counter() - started
             resolution = int(images.shape[-1])
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "quality": quality,
                 "fd": fd,
                 # diversity where the caption leaves colour free (the judge cannot see a collapse there)
-                "free_colour_bits": free_colour_bits,
+                "free_colour_bits": free_bits["color"],
+                "free_size_bits": free_bits["size"],
                 "resolution": resolution,
                 **percentiles(latency),
                 "throughput_per_s": throughput,
@@ -194,12 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"fd = Fréchet distance of {features.config.feature_dim}-d features ({args.features.name}) between the generated "
         "images and the world's renders of the same scenes, at 64 px (smaller images upsampled by pixel replication); "
         f"renders of {len(prompts)} other scenes score {real_fd:.2f} (FD grows as prompts shrink: compare equal counts); "
-        f"free colours = entropy in bits of the colours detected in the {free_scenes} images whose captions name no "
-        f"colour (8 colours: 3 at most; the world's renders of those scenes: {renders_free_bits:.2f})." + kept_note,
+        f"free colours = entropy in bits of the colours detected in the {free_scenes['color']} images whose captions "
+        f"name no colour (8 colours: 3 at most; the world's renders of those scenes: {renders_free_bits['color']:.2f}); "
+        f"free sizes = the same for sizes in the {free_scenes['size']} images whose captions name no size (3 sizes: "
+        f"1.58 at most; renders: {renders_free_bits['size']:.2f})." + kept_note,
         "prompts": len(prompts),
         "fd_network": fd_network_info(args.features),
         "fd_real_vs_real": real_fd,
-        "free_colour_bits_renders": renders_free_bits,
+        "free_colour_bits_renders": renders_free_bits["color"],
+        "free_size_bits_renders": renders_free_bits["size"],
         # FD of the world's own renders brought down to a row's resolution and back: about what a model
         # of that resolution that drew its training data exactly would score.
         "fd_floor_by_resolution": {str(k): v for k, v in sorted(floors.items())},

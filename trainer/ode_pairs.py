@@ -39,7 +39,7 @@ from trainer.config import ConfigError
 from trainer.image_task import new_scheduler
 from trainer.worlds import motion, shapes
 
-PAIR_STREAM = -1  # world_rng rank of the pairs' captions: apart from every training rank's batches
+PAIR_STREAM = -1  # the step_rng rank of the pairs' captions: apart from every training rank's batches
 FORMAT = "distillery-ode-pairs/1"
 
 

@@ -70,6 +70,7 @@ def test_run_writes_checkpoints_atomically_and_keeps_the_newest(tmp_path, text_e
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/overall" in r]
     assert evals and all(0 <= r["eval/free_colour_bits"] <= 3 for r in evals)  # colour diversity beside the judge
+    assert all(0 <= r["eval/free_size_bits"] <= 1.585 for r in evals)  # and size diversity
     assert all(r["loss"] == r["loss"] for r in records if "loss" in r)  # finite, not NaN
 
 

@@ -112,21 +112,35 @@ def test_free_colours_of_renders_are_near_uniform_and_a_one_colour_painter_score
     scenes = S.eval_scenes(560)
     conditions = [s.condition for s in scenes]
     renders = S.to_uint8(S.render(scenes))
-    shares = S.free_colour_shares(renders, conditions)
+    shares = S.free_shares(renders, conditions)
     assert set(shares) == set(S.COLOR_NAMES) and sum(shares.values()) == pytest.approx(1.0)
     assert S.entropy_bits(shares) > 2.95  # 8 colours at most 3 bits
     # the same scenes with every object yellow: the judge's colour-free categories would not notice
     yellow = [replace(s, objects=tuple(replace(o, color="yellow") for o in s.objects)) for s in scenes]
     painted = S.to_uint8(S.render(yellow))
-    assert S.free_colour_shares(painted, conditions) == {"yellow": 1.0}
+    assert S.free_shares(painted, conditions) == {"yellow": 1.0}
     assert S.entropy_bits({"yellow": 1.0}) == 0
 
 
+def test_free_sizes_of_renders_cover_all_three_and_a_painter_of_large_objects_scores_near_zero() -> None:
+    scenes = S.eval_scenes(560)
+    conditions = [s.condition for s in scenes]
+    free = [c for c in conditions if S.leaves_free(c, "size")]
+    assert 0 < len(free) < len(conditions)  # some captions name a size: those are not counted
+    shares = S.free_shares(S.to_uint8(S.render(scenes)), conditions, "size")
+    assert set(shares) == set(S.SIZE_NAMES) and S.entropy_bits(shares) > 1.5  # 3 sizes: 1.58 bits at most
+    large = [replace(s, objects=tuple(replace(o, size="large") for o in s.objects)) for s in scenes]
+    painted = S.free_shares(S.to_uint8(S.render(large)), conditions, "size")
+    assert painted["large"] > 0.99 and S.entropy_bits(painted) < 0.02  # enlarged objects may touch: one reads medium
+    with pytest.raises(ValueError, match="attribute must be one of color, size"):
+        S.free_shares(S.to_uint8(S.render(scenes[:2])), conditions[:2], "shape")
+
+
 def test_free_colours_ignore_captions_that_name_a_colour_and_refuse_mismatched_lengths() -> None:
-    scenes = [s for s in S.eval_scenes(140) if not S.leaves_colour_free(s.condition)]
-    assert scenes and S.free_colour_shares(S.to_uint8(S.render(scenes)), [s.condition for s in scenes]) == {}
+    scenes = [s for s in S.eval_scenes(140) if not S.leaves_free(s.condition)]
+    assert scenes and S.free_shares(S.to_uint8(S.render(scenes)), [s.condition for s in scenes]) == {}
     with pytest.raises(ValueError, match="3 images but 2 conditions"):
-        S.free_colour_shares(S.to_uint8(S.render(scenes[:3])), [s.condition for s in scenes[:2]])
+        S.free_shares(S.to_uint8(S.render(scenes[:3])), [s.condition for s in scenes[:2]])
 
 
 def test_one_detection_pass_scores_a_batch_both_ways_as_two_would() -> None:
@@ -134,8 +148,8 @@ def test_one_detection_pass_scores_a_batch_both_ways_as_two_would() -> None:
     conditions, images = [s.condition for s in scenes], S.to_uint8(S.render(scenes))
     found = S.detect_all(images)
     assert S.judge(images, conditions, found) == S.judge(images, conditions)
-    assert S.free_colour_shares(images, conditions, found) == S.free_colour_shares(images, conditions)
+    assert S.free_shares(images, conditions, "size", found) == S.free_shares(images, conditions, "size")
     with pytest.raises(ValueError, match="69 detection lists for 70 images"):
         S.judge(images, conditions, found[:-1])
     with pytest.raises(ValueError, match="69 detection lists for 70 images"):
-        S.free_colour_shares(images, conditions, found[:-1])
+        S.free_shares(images, conditions, "color", found[:-1])
