@@ -74,13 +74,14 @@ def _quality(engine: VideoEngine, clips: list, steps, batch: int, causal: bool) 
 
 def _nfe(engine: VideoEngine, card, steps, causal: bool) -> int:
     """Network evaluations for one 16-frame clip (a CFG step counts 2): whole clips take `steps`;
-    streams take their steps per chunk plus one cache commit per chunk."""
+    streams take their steps per chunk plus one cache commit per chunk but the last (stream_chunks commits a
+    chunk only when another follows)."""
     cfg = 2 if (card.default_guidance or 1) > 1 else 1
     if not causal:
         return steps * cfg
     chunks = CLIP_FRAMES // engine.chunk
     per_chunk = [steps[min(i, len(steps) - 1)] for i in range(chunks)] if isinstance(steps, tuple) else [steps] * chunks
-    return (sum(per_chunk) + chunks) * cfg
+    return (sum(per_chunk) + chunks - 1) * cfg
 
 
 def _timed_stream(engine: VideoEngine, steps, frames: int, seed: int, causal: bool) -> tuple[float, float, float]:

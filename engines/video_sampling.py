@@ -78,7 +78,7 @@ def sample_clips(
 class Chunk:
     start: int  # index of the chunk's first frame in the whole stream
     frames: torch.Tensor  # (B, c, C, H, W) in [-1, 1]
-    nfe: int  # network evaluations this chunk cost (its denoising steps and the cache commit)
+    nfe: int  # network evaluations spent since the previous chunk (the previous chunk's cache commit, its own steps)
 
 
 @torch.no_grad()
@@ -101,6 +101,10 @@ def stream_chunks(
     A distilled student runs without CFG (guidance is distilled in); a causally trained teacher runs
     with it: `guidance` > 1 and the `null` embedding, the conditioned and null streams each keeping
     their own half of a doubled KV cache. Stopping iteration frees the cache.
+
+    A chunk is handed out as soon as it is denoised; it is committed to the cache only when the caller asks
+    for the next one (the commit is needed by the next chunk, not by the viewer). So the first frame comes one
+    network evaluation sooner, and a finite stream never commits its last chunk. Same frames either way.
     """
     steps_for = steps if callable(steps) else (lambda _index, k=steps: k)
     cfg = guidance > 1.0
@@ -114,7 +118,11 @@ def stream_chunks(
     null = null.to(device, dtype) if cfg else None
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     start = 0
+    commit = None  # the previous chunk's cache commit, run when the next chunk is asked for
     while frames is None or start < frames:
+        spent = 0
+        if commit is not None:
+            spent = commit()
         count = chunk if frames is None else min(chunk, frames - start)
         noise = torch.stack([torch.randn((count, *shape), generator=g) for g in generators]).to(device)
         emb = text(start).to(device, dtype)
@@ -133,11 +141,15 @@ def stream_chunks(
         states = flow_match_sample(velocity, fresh, noise, k, emb, null if cfg else emb, guidance, generators)
         last = collections.deque(states, maxlen=1)[0]
         clean = last.x.clamp(-1, 1)
-        if cfg:  # both halves of the cache remember the same (guided) frames
-            both = torch.cat([clean, clean]).to(dtype)
-            states2, pooled2 = torch.cat([emb.states, null.states]), torch.cat([emb.pooled, null.pooled])
-            model.commit_chunk(both, states2, pooled2, acts, cache, start)
-        else:
+
+        def commit(clean=clean, emb=emb, acts=acts, start=start) -> int:
+            if cfg:  # both halves of the cache remember the same (guided) frames
+                both = torch.cat([clean, clean]).to(dtype)
+                states2, pooled2 = torch.cat([emb.states, null.states]), torch.cat([emb.pooled, null.pooled])
+                model.commit_chunk(both, states2, pooled2, acts, cache, start)
+                return 2
             model.commit_chunk(clean.to(dtype), emb.states, emb.pooled, acts, cache, start)
-        yield Chunk(start, clean, last.nfe + (2 if cfg else 1))
+            return 1
+
+        yield Chunk(start, clean, spent + last.nfe)
         start += count

@@ -106,7 +106,7 @@ def test_causally_trained_teacher_streams_with_cfg(tmp_path) -> None:
     assert engine.streaming
     streamed = list(engine.stream(VideoRequest("a red ball", frames=4, seed=2)))
     assert [r.frame_index for r in streamed] == [0, 1, 2, 3]
-    assert streamed[-1].timings.nfe == 2 * (2 * 4 + 2)  # 2 chunks x (4 steps + commit), CFG doubles every call
+    assert streamed[-1].timings.nfe == 2 * (2 * 4 + 1)  # 2 chunks x 4 steps + the first chunk's commit, CFG doubles
     clip = list(engine.stream(VideoRequest("a red ball", frames=4, seed=2), causal=False))
     assert len(clip[-1].frames) == 4 and clip[-1].timings.nfe == 2 * 4
     controls = StreamControls()

@@ -261,3 +261,42 @@ def test_clear_errors_for_bad_inputs(model):
         VideoDiT(resolution=60)
     with pytest.raises(ValueError, match="batch 1 does not match"):
         model.commit_chunk(sample[:1], text[:1], pooled[:1], None, cache, 0)
+
+
+def test_forward_with_a_cache_is_forward_chunk(model):
+    """The DDP-visible entry point (forward(..., cache=)) gives forward_chunk's velocities and leaves the cache alone."""
+    sample, sigma, text, pooled, actions = inputs(frames=2, seed=5)
+    cache = model.new_cache(2)
+    model.commit_chunk(sample, text, pooled, actions, cache, 0)
+    x = torch.randn_like(sample)
+    a = model(x, sigma, text, pooled, actions, cache=cache, frame_index=2)
+    b = model.forward_chunk(x, sigma, text, pooled, actions, cache, 2)
+    assert torch.equal(a, b) and cache.num_frames == 2
+
+
+@torch.no_grad()
+def test_stream_hands_a_chunk_out_before_committing_it(model, monkeypatch):
+    """The first frame does not wait for the cache commit: a chunk is committed when the next is asked
+    for, and a finite stream's last chunk never is."""
+    from engines.text_encoder import TextEmbedding
+    from engines.video_sampling import stream_chunks
+    from trainer.image_task import new_scheduler
+
+    g = torch.Generator().manual_seed(3)
+    states, pooled = torch.randn(1, 5, TEXT_DIM, generator=g), torch.randn(1, TEXT_DIM, generator=g)
+    emb = TextEmbedding(states, pooled, torch.ones(1, 5, dtype=torch.bool))
+    commits = []
+    real_commit = model.commit_chunk
+    monkeypatch.setattr(model, "commit_chunk", lambda *a, **k: (commits.append(a[-1]), real_commit(*a, **k))[1])
+    scheduler = new_scheduler(3.0, stochastic=True)
+    chunks = stream_chunks(model, scheduler, [7], 2, lambda _f: emb, None, 3 * model.config.chunk)
+    first = next(chunks)
+    assert first.start == 0 and commits == [] and first.nfe == 2  # two denoising steps, no commit yet
+    second = next(chunks)
+    assert commits == [0] and second.nfe == 1 + 2  # the first chunk's commit, then its own two steps
+    rest = list(chunks)
+    assert len(rest) == 1 and commits == [0, model.config.chunk]  # the last chunk is never committed
+    # the deferred commit still reaches the next chunk: without it, the second chunk comes out otherwise
+    monkeypatch.setattr(model, "commit_chunk", lambda *a, **k: None)
+    blind = list(stream_chunks(model, scheduler, [7], 2, lambda _f: emb, None, 3 * model.config.chunk))
+    assert torch.equal(blind[0].frames, first.frames) and not torch.allclose(blind[1].frames, second.frames)
