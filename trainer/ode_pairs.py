@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,6 +84,15 @@ class PairSet:
     tokens: dict[str, torch.Tensor]  # input_ids, attention_mask: (N, max_tokens) int64
     samples: torch.Tensor  # (N, *recipe.sample_shape) float16 in [-1, 1]: the teacher's ODE solution from that noise
     actions: torch.Tensor | None = None  # clips: (N, frames) int64 action ids (0, "none", where not interactive)
+    seconds: float = 0.0  # wall time it took to make (a run that trained on it reports it in its training cost)
+
+    def card_entry(self) -> dict:
+        """What a model card says of the pairs its run trained on."""
+        r = self.recipe
+        entry = {"count": r.count, "teacher": r.teacher, "steps": r.steps, "guidance": r.guidance}
+        if r.frames:
+            entry["frames"] = r.frames
+        return entry | {"made_in_s": round(self.seconds, 1)}
 
     def __len__(self) -> int:
         return int(self.seeds.shape[0])
@@ -124,6 +134,7 @@ def teacher_pairs(
 def make_pair_set(recipe: PairRecipe, network, text_encoder: TextEncoder, device: torch.device, chunk: int = 256) -> PairSet:
     """Draw the set: captions (and actions) from the world's training distribution, then the teacher's
     ODE `chunk` pairs at a time (images) or whole clips, bidirectionally, 32 at a time."""
+    started = time.perf_counter()
     rng = shapes.step_rng(recipe.seed, PAIR_STREAM, 0)
     seeds = torch.arange(recipe.count, dtype=torch.int64) + recipe.seed * recipe.count
     if recipe.frames:
@@ -154,7 +165,8 @@ def make_pair_set(recipe: PairRecipe, network, text_encoder: TextEncoder, device
             null = text_encoder.null(part.stop - part.start)
             x0 = teacher_pairs(network, recipe.shift, noise, recipe.steps, cond, null, recipe.guidance)
             samples[part] = x0.clamp(-1, 1).to("cpu", torch.float16)
-    return PairSet(recipe, seeds, {k: v.to(torch.int64) for k, v in tokens.items()}, samples, actions)
+    tokens = {k: v.to(torch.int64) for k, v in tokens.items()}
+    return PairSet(recipe, seeds, tokens, samples, actions, seconds=time.perf_counter() - started)
 
 
 def save_pair_set(pairs: PairSet, path: Path) -> Path:
@@ -166,7 +178,7 @@ def save_pair_set(pairs: PairSet, path: Path) -> Path:
     if pairs.actions is not None:
         tensors["actions"] = pairs.actions.contiguous()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=pairs.recipe.metadata())
+    save_file(tensors, str(tmp), metadata=pairs.recipe.metadata() | {"seconds": f"{pairs.seconds:.3f}"})
     os.replace(tmp, path)
     return path
 
@@ -195,7 +207,11 @@ def load_pair_set(path: Path) -> PairSet:
     if not fits:
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         raise ConfigError(f"pair set {path} does not match its recipe ({recipe}): tensors {found}")
-    return PairSet(recipe, tensors["seeds"], tokens, tensors["samples"], tensors.get("actions"))
+    try:
+        seconds = float(metadata.get("seconds", 0.0))
+    except ValueError as err:
+        raise ConfigError(f"pair set {path} has a damaged 'seconds' entry: {metadata['seconds']!r}") from err
+    return PairSet(recipe, tensors["seeds"], tokens, tensors["samples"], tensors.get("actions"), seconds)
 
 
 def run_pair_set(

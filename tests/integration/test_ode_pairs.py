@@ -60,6 +60,7 @@ def test_a_saved_set_round_trips_and_is_reused_only_for_its_own_recipe(teacher, 
     assert path.is_file() and not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
     loaded = load_pair_set(path)
     assert loaded.recipe == recipe
+    assert made.seconds > 0 and loaded.seconds == pytest.approx(made.seconds, abs=1e-3)  # its cost travels with it
     assert torch.equal(loaded.samples, made.samples) and torch.equal(loaded.seeds, made.seeds)
     assert all(torch.equal(loaded.tokens[k], made.tokens[k]) for k in made.tokens)
 
@@ -130,6 +131,10 @@ def test_dmd2_with_the_regression_loss_trains_logs_and_resumes_exactly(dmd2_args
     train(broken, stop=stop, on_step=lambda step: stop.set() if step == 3 else None, text_encoder=text_encoder)
     train(dmd2_config(dmd2_args, "broken"), text_encoder=text_encoder)  # reuses its pair file
     a, b = logged(tmp_path / "straight"), logged(tmp_path / "broken")
+    card = json.loads((tmp_path / "straight" / "model" / "card.json").read_text())
+    assert card["data"]["ode_pairs"] == {"count": 6, "teacher": "tiny-cpu", "steps": 2, "guidance": 2.0} | {
+        "made_in_s": round(pairs.seconds, 1)
+    }
     generator_steps = [s for s in a if "loss/regression" in a[s]]
     assert generator_steps == [1, 3, 5]  # every generator step (critic_updates 2), never a critic-only step
     assert all(math.isfinite(a[s]["loss/regression"]) and a[s]["loss/regression"] > 0 for s in generator_steps)

@@ -64,6 +64,7 @@ def test_ode_init_regresses_teacher_clips_then_the_dmd_stage_starts_from_it(tiny
     assert (pairs.recipe.teacher, pairs.recipe.frames, pairs.recipe.steps) == ("tiny-video", 4, 3)
     card = load_card(tmp_path / "ck" / "ode")
     assert (card.role, card.method, card.data["stage"], card.teacher) == ("student", "self_forcing", "ode_init", "tiny-video")
+    assert card.data["ode_pairs"]["frames"] == 4 and card.data["ode_pairs"]["count"] == 5
 
     dmd = load_config(
         CONFIG,

@@ -42,7 +42,11 @@ class ExportedMethod:
     def model_card(self, modality: str, resolution: int, data: dict, summary: dict, metrics: dict, source: str) -> ModelCard:
         """The exported card: who trained what, how long on which device, and the final evaluation."""
         config = self.config
-        seconds = round(summary["elapsed_seconds"], 1) if self.device.type == "cuda" else None
+        pairs = getattr(self, "pairs", None)  # a fixed ODE pair set (trainer/ode_pairs.py): made before training began
+        if pairs is not None:
+            data = {**data, "ode_pairs": pairs.card_entry()}
+        made = pairs.seconds if pairs is not None else 0.0
+        seconds = round(summary["elapsed_seconds"] + made, 1) if self.device.type == "cuda" else None
         data, seconds = with_earlier_stages(
             data, seconds, config.init_from, config.export.id, config.run_dir, device_name(self.device)
         )
