@@ -1,8 +1,10 @@
 # The video models on the lent GPU, one call per stage (prepare .device with scripts/prepare_device_carry.sh).
 #   bash scripts/device_video.sh teacher   train configs/motion-teacher.yaml, return it (tar) and its samples
 #   bash scripts/device_video.sh student   Self-Forcing from checkpoints/motion-teacher, then `bench video`
-#   bash scripts/device_video.sh ode       Self-Forcing's ODE initialisation (configs/motion-ode-init.yaml), then the
-#                                          DMD stage from its export (extra args go to the DMD stage), then `bench video`
+#   bash scripts/device_video.sh ode       Self-Forcing's ODE initialisation alone (configs/motion-ode-init.yaml; extra
+#                                          args go to it), exported to runs/exports/motion-student-ode on the machine; then,
+#                                          on the still-warm machine (runs/ survives between calls):
+#   bash scripts/device_video.sh student --init_from=runs/exports/motion-student-ode --max_minutes=4
 # With both video checkpoints the tree outgrows the 64 MiB carry: move the student out of the tree and carry it
 # as a delta (scripts/carry_delta.py pack ... .device/student; unpack it on the device before benchmarking).
 source scripts/device_env.sh
@@ -15,12 +17,11 @@ if [ "$STAGE" = teacher ]; then  # further stages: RUN=runs/motion-teacher-2 ...
   cp $RUN/samples/latest.png $OUT/teacher-samples.png
   cp $RUN/metrics.jsonl $OUT/teacher-metrics.jsonl
   tar cf - -C checkpoints motion-teacher | split -b 15000000 - $OUT/motion-teacher.tar.
+elif [ "$STAGE" = ode ]; then
+  python -m trainer train configs/motion-ode-init.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -20
+  cp runs/motion-ode-init/metrics.jsonl $OUT/ode-init-metrics.jsonl
+  cp runs/motion-ode-init/samples/latest.png $OUT/ode-init-samples.png 2>/dev/null
 else
-  if [ "$STAGE" = ode ]; then
-    python -m trainer train configs/motion-ode-init.yaml --max_minutes=${ODE_MINUTES:-3} 2>&1 | grep -v "kept in float32" | tail -20
-    cp runs/motion-ode-init/metrics.jsonl $OUT/ode-init-metrics.jsonl
-    set -- --init_from=runs/exports/motion-student-ode "$@"
-  fi
   python -m trainer train configs/motion-self-forcing.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
   cp runs/motion-self-forcing/metrics.jsonl $OUT/student-metrics.jsonl
   tar cf - -C checkpoints motion-student | split -b 15000000 - $OUT/motion-student.tar.
