@@ -159,6 +159,7 @@ def markdown_table(result: dict) -> str:
     with_fd = any("fd" in row for row in rows)  # suites without a distribution metric keep their table
     with_free = any("free_colour_bits" in row for row in rows)  # image rows measured since it was added
     with_free_size = any("free_size_bits" in row for row in rows)
+    with_split = any("fd_content" in row for row in rows)  # image rows: FD split into what is drawn and how
     with_decoder = any("decoder" in row for row in rows)  # text: one row per decoder, not per step count
     with_mode = any("mode" in row for row in rows)  # video: whole clip or stream, and the step schedule
     unit = rows[0].get("throughput_unit", "img/s") if rows else "img/s"
@@ -167,6 +168,7 @@ def markdown_table(result: dict) -> str:
     with_cost = any(row.get("train_gpu_minutes") is not None for row in rows)
     head += (
         ["FD"] * with_fd
+        + ["FD content", "FD drawing"] * with_split
         + ["free colours (bits)"] * with_free
         + ["free sizes (bits)"] * with_free_size
         + ["p50 ms", "p90 ms", f"{unit} (batch)"]
@@ -194,6 +196,7 @@ def markdown_table(result: dict) -> str:
             f"{q.get('overall', float('nan')):.3f}",
             *(f"{q[c]:.3f}" if c in q else "" for c in categories),
             *([f"{row['fd']:.2f}" if "fd" in row else ""] * with_fd),
+            *(f"{row[k]:.2f}" if k in row else "" for k in ("fd_content", "fd_drawing") if with_split),
             *([f"{row['free_colour_bits']:.2f}" if "free_colour_bits" in row else ""] * with_free),
             *([f"{row['free_size_bits']:.2f}" if "free_size_bits" in row else ""] * with_free_size),
             f"{row['latency_ms_p50']:.1f}",

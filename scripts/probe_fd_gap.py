@@ -1,11 +1,12 @@
 """Where an image checkpoint's Fréchet distance comes from: what it draws, or how it draws it.
 
 `bench image` gives one FD per row (generated images against the world's renders of the same held-out
-scenes). A student can be far from the renders because it picks other content (colours the caption
-leaves free, counts, sizes, places) or because its pixels differ (soft edges, speckle, off-palette
-tints) on the right content. This probe splits the two with the world's own detector: every generated
-image is read back into objects (shape, colour, size, centre) and those objects are rendered again,
-cleanly. Then
+scenes) and splits it the way this probe does (`fd_content`, `fd_drawing`); the probe adds their mean and
+covariance terms and what was drawn (size, colour and count shares). A student can be far from the renders
+because it picks other content (colours the caption leaves free, counts, sizes, places) or because its
+pixels differ (soft edges, speckle, off-palette tints) on the right content. The world's own detector splits
+the two: every generated image is read back into objects (shape, colour, size, centre) and those objects are
+rendered again, cleanly (`shapes.render_detections`). Then
   content FD   = FD(clean re-renders, renders of the scenes asked for): what it drew,
   drawing FD   = FD(generated images, their own clean re-renders): how it drew it,
   total FD     = FD(generated images, renders): what `bench image` reports,
@@ -33,18 +34,6 @@ from trainer.worlds import shapes
 FEATURES = "checkpoints/shapes-features"
 
 
-def rerender(detections: list[list[shapes.Detection]]) -> tuple[np.ndarray, int]:
-    """Clean renders (N, 64, 64, 3) uint8 of the detected objects, and how many had no shape (drawn as circles)."""
-    scenes, shapeless = [], 0
-    for found in detections:
-        objects = []
-        for d in found[: shapes.MAX_OBJECTS]:
-            shapeless += d.shape is None
-            objects.append(shapes.Obj(d.shape or "circle", d.color, d.size, d.x, d.y))
-        scenes.append(shapes.Scene(tuple(objects), shapes.Condition("single_object", ())))
-    return shapes.to_uint8(shapes.render(scenes)), shapeless
-
-
 @dataclass(frozen=True)
 class Split:
     total: float
@@ -63,7 +52,7 @@ def split(a: np.ndarray, b: np.ndarray) -> Split:
 def gap(images: np.ndarray, target: np.ndarray, network) -> dict:
     """The three distances for uint8 images (N, 64, 64, 3) against the target scenes' renders' features."""
     detections = shapes.detect_all(images)
-    clean, shapeless = rerender(detections)
+    clean, shapeless = shapes.render_detections(detections)
     generated, redrawn = fid_features(network, images), fid_features(network, clean)
     return {
         "total": split(generated, target),

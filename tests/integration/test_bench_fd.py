@@ -45,6 +45,8 @@ def test_every_row_has_an_fd_above_the_resolution_floor(tiny_image_root, tmp_pat
     assert 0 <= result["free_colour_bits_renders"] <= 3 and "free colours = entropy" in result["notes"]
     for row in result["rows"]:
         assert 0 <= row["free_colour_bits"] <= 3 and f"| {row['free_colour_bits']:.2f} |" in table
+    # FD split into what is drawn and how (the tiny model draws 16-px images: no split for it, and no column)
+    assert all("fd_content" not in row for row in result["rows"]) and "| FD content |" not in table
     # and size diversity where captions leave size free (3 sizes: 1.58 bits at most)
     assert "| free sizes (bits) |" in table and "free sizes = the same for sizes" in result["notes"]
     assert 1.0 < result["free_size_bits_renders"] <= 1.585  # 14 prompts: few free objects

@@ -249,6 +249,30 @@ def test_bench_fd_floor_and_table(net):
     assert "| FD |" in table and "| 1.23 |" in table
 
 
+def test_fd_split_tells_what_is_drawn_from_how_it_is_drawn(net):
+    """The world's renders: both parts near 0. Every object yellow: a content gap, drawn cleanly. The
+    renders blurred: drawn badly, the same content."""
+    from dataclasses import replace
+
+    from bench.image import fd_images, fd_split
+
+    scenes = shapes.eval_scenes(280)
+    renders = shapes.render(scenes)
+    reference = fid_features(net, fd_images(renders))
+
+    def split(images: torch.Tensor) -> dict:
+        pixels = fd_images(images)
+        return fd_split(net, fid_features(net, pixels), shapes.detect_all(pixels), reference)
+
+    same = split(renders)
+    yellow = split(shapes.render([replace(s, objects=tuple(replace(o, color="yellow") for o in s.objects)) for s in scenes]))
+    blurred = split(torch.nn.functional.avg_pool2d(renders, 3, stride=1, padding=1, count_include_pad=False))
+    print(f"fd split: renders {same}, yellow {yellow}, blurred {blurred}")
+    assert same["fd_content"] < 2 and same["fd_drawing"] < 2
+    assert yellow["fd_content"] > 20 * max(1.0, yellow["fd_drawing"])
+    assert blurred["fd_drawing"] > 5 * max(1.0, blurred["fd_content"])
+
+
 # ----------------------------------------------------------------------------- the training script
 
 

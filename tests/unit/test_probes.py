@@ -54,7 +54,7 @@ def test_fd_gap_reads_renders_back_into_the_same_renders() -> None:
     scenes = [shapes.sample_scene(random.Random(i)) for i in range(60)]
     images = shapes.to_uint8(shapes.render(scenes))
     detections = shapes.detect_all(images)
-    clean, shapeless = fd_gap.rerender(detections)
+    clean, shapeless = shapes.render_detections(detections)
     assert shapeless == 0 and clean.shape == images.shape
     # the read-back keeps every object, its colour and place: at most anti-aliased edge pixels move
     differs = (abs(clean.astype(int) - images.astype(int)).max(axis=3) > 60).mean()
@@ -67,7 +67,7 @@ def test_fd_gap_reads_renders_back_into_the_same_renders() -> None:
 
 def test_fd_gap_draws_shapeless_blobs_as_circles_and_counts_them() -> None:
     blob = shapes.Detection(None, "red", "large", 20.0, 30.0, 300)
-    clean, shapeless = fd_gap.rerender([[blob], []])
+    clean, shapeless = shapes.render_detections([[blob], []])
     assert shapeless == 1
     circle = shapes.to_uint8(shapes.render([shapes.Scene((shapes.Obj("circle", "red", "large", 20.0, 30.0),), None)]))[0]
     assert (clean[0] == circle).all() and (clean[1] == clean[1][0, 0]).all()  # the empty image is background only

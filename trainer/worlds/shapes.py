@@ -532,6 +532,21 @@ def detect_all(images: np.ndarray | list) -> list[list[Detection]]:
     return [detect(np.asarray(im.convert("RGB") if hasattr(im, "convert") else im, dtype=np.uint8)) for im in images]
 
 
+def render_detections(detections: list[list[Detection]]) -> tuple[np.ndarray, int]:
+    """Clean renders (N, 64, 64, 3) uint8 of what the detector found in N 64-px images, and how many found
+    objects had no fitting shape (drawn as circles). Splits a model's distance from the world into what it
+    draws (these renders against the scenes asked for) and how it draws it (its images against these)."""
+    scenes, shapeless = [], 0
+    empty = Condition("single_object", ())
+    for found in detections:
+        objects = []
+        for d in found[:MAX_OBJECTS]:
+            shapeless += d.shape is None
+            objects.append(Obj(d.shape or "circle", d.color, d.size, d.x, d.y))
+        scenes.append(Scene(tuple(objects), empty))
+    return to_uint8(render(scenes)), shapeless
+
+
 def _check_detections(images, detections: list[list[Detection]] | None) -> None:
     if detections is not None and len(detections) != len(images):
         raise ValueError(f"{len(detections)} detection lists for {len(images)} images")
