@@ -181,3 +181,21 @@ def test_reflow_from_a_fixed_pair_set(tiny_image_root, text_encoder, tmp_path):
     assert len(records) == 3 and all(math.isfinite(r["loss"]) for r in records)
     with pytest.raises(ConfigError, match="pair_set must be >= 0"):
         Reflow(tiny_config(tmp_path, tiny_image_root, "reflow", "bad", *REFLOW, "--method_config.pair_set=-1"), CPU, text_encoder)
+
+
+def test_regression_weight_probe_measures_both_pulls(dmd2_args, text_encoder):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("probe_regression_weight", "scripts/probe_regression_weight.py")
+    probe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = probe  # its dataclass looks the module up while it loads
+    spec.loader.exec_module(probe)
+    method = DMD2(dmd2_config(dmd2_args, "probe", "--method_config.regression_weight=0.3"), CPU, text_encoder)
+    batch = method.data_source()(0, 0, 0)
+    pull = probe.pulls(method, batch, seed=1)
+    assert pull.dmd_norm > 0 and pull.regression_norm > 0 and -1 <= pull.cosine <= 1
+    assert method.args.regression_weight == 0.3  # restored
+    again = probe.pulls(method, batch, seed=1)
+    assert again == pull  # the same draw: the same numbers
+    assert "ratio" in str(pull)
