@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
+from bench.image_cache import cache_key, cached_images, weights_digest
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
 from engines.features import CARD_FILE as FEATURES_CARD
@@ -42,6 +43,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=0, help="images per forward when scoring (default 280 GPU, 64 CPU)")
     parser.add_argument("--features", type=Path, default=FEATURES, help="feature network for FD (trainer.train_features)")
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep the scored images here chunk by chunk, so a long run (the teacher at 50 steps on CPU) can stop and "
+        "resume across sessions; a chunk is reused only for the same weights, steps, guidance, backend, device and prompts",
+    )
     parser.add_argument(
         "--merge",
         action="store_true",
@@ -124,7 +132,21 @@ def main(argv: list[str] | None = None) -> dict:
         engine = registry.engine(name)
         for steps in step_counts(args, card.role):
             started = time.perf_counter()
-            images = engine.sample_prompts(prompts, seeds, steps, batch_size=chunk)
+            where = None
+            if args.cache is not None:
+                key = cache_key(
+                    weights=weights_digest(card.path),
+                    steps=steps,
+                    guidance=card.default_guidance,
+                    backend=engine.backend,
+                    device=device_name(device),
+                    prompts=prompts,
+                    seeds=seeds,
+                    chunk=chunk,
+                )
+                where = args.cache / f"{name}-{steps}steps-{key}"
+            sample = lambda p, s, k=steps, e=engine: e.sample_prompts(p, s, k, batch_size=chunk)  # noqa: E731
+            images, reused = cached_images(sample, prompts, seeds, chunk, where)
             pixels = shapes.to_uint8((images.float() + 1) / 2)
             found = shapes.detect_all(pixels)  # one detection pass for the judge and the diversity
             quality = shapes.judge(pixels, conditions, found)
@@ -174,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "throughput_per_s": throughput,
                 "throughput_batch": tp_batch,
                 "prompts": len(prompts),
-                "scoring_seconds": round(scored_s, 1),
+                "scoring_seconds": round(scored_s, 1),  # this run's: cached chunks were scored by an earlier one
+                **({"cached_chunks": reused} if args.cache is not None else {}),
                 # what the model cost to make (distillation alone for students), from its card
                 "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
                 "teacher": card.teacher,

@@ -58,3 +58,26 @@ def test_missing_feature_network_fails_before_generating(tiny_image_root, tmp_pa
     with pytest.raises(CheckpointError, match="train_features"):
         run_bench(tiny_image_root, tmp_path, f"--features={tmp_path / 'absent'}")
     assert not (tmp_path / "image-cpu.json").exists()
+
+
+def test_a_cached_run_resumes_from_its_chunks_and_scores_the_same(tiny_image_root, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = run_bench(tiny_image_root, tmp_path / "a", f"--cache={cache}", "--chunk=4")
+    dirs = sorted(p.name for p in cache.iterdir())
+    assert len(dirs) == 2 and all(d.startswith("tiny-cpu-") for d in dirs)  # one per step count
+    assert all(len(list((cache / d).glob("chunk-*.safetensors"))) == 4 for d in dirs)  # 14 prompts in chunks of 4
+    assert [r["cached_chunks"] for r in first["rows"]] == [0, 0]
+    # a run stopped after its first chunk of the 2-step row: delete the rest, then resume
+    for extra in sorted((cache / dirs[1]).glob("chunk-*.safetensors"))[1:]:
+        extra.unlink()
+    again = run_bench(tiny_image_root, tmp_path / "b", f"--cache={cache}", "--chunk=4")
+    assert [r["cached_chunks"] for r in again["rows"]] == [4, 1]
+    for a, b in zip(first["rows"], again["rows"]):
+        assert a["quality"] == b["quality"] and a["fd"] == pytest.approx(b["fd"], rel=1e-9)
+    # a damaged chunk is refused with its path, not scored
+    (cache / dirs[0] / "chunk-0000.safetensors").write_bytes(b"not a chunk")
+    with pytest.raises(SystemExit, match="chunk-0000.safetensors cannot be read.*delete it"):
+        run_bench(tiny_image_root, tmp_path / "c", f"--cache={cache}", "--chunk=4")
+    # other settings find no chunks of theirs: a different chunk size is a different key
+    other = run_bench(tiny_image_root, tmp_path / "d", f"--cache={cache}", "--chunk=5", "--steps=1")
+    assert other["rows"][0]["cached_chunks"] == 0
