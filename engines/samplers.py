@@ -38,9 +38,7 @@ def cfg_velocity(
     `guidance` is one scale, or one per image (B,) (guidance distillation trains on many at once)."""
     if not torch.is_tensor(guidance) and guidance <= 1.0:
         return velocity(x, t, cond), 1
-    both = TextEmbedding(
-        torch.cat([cond.states, null.states]), torch.cat([cond.pooled, null.pooled]), torch.cat([cond.mask, null.mask])
-    )
+    both = TextEmbedding.cat(cond, null)
     v_cond, v_null = velocity(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
     if torch.is_tensor(guidance):
         guidance = guidance.to(v_null.dtype).view(-1, *([1] * (x.dim() - 1)))

@@ -48,6 +48,13 @@ class TextEmbedding:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextEmbedding:
         return TextEmbedding(self.states.to(device, dtype), self.pooled.to(device, dtype), self.mask.to(device))
 
+    @staticmethod
+    def cat(*parts: TextEmbedding) -> TextEmbedding:
+        """Stacked along the batch: how CFG runs [cond; null] in one forward, and DMD2 adds its pair captions."""
+        return TextEmbedding(
+            torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]), torch.cat([p.mask for p in parts])
+        )
+
 
 def pool(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(token states zeroed at padding, mean-pooled L2-normalised vector): one definition, shared by

@@ -144,9 +144,8 @@ def stream_chunks(
 
         def commit(clean=clean, emb=emb, acts=acts, start=start) -> int:
             if cfg:  # both halves of the cache remember the same (guided) frames
-                both = torch.cat([clean, clean]).to(dtype)
-                states2, pooled2 = torch.cat([emb.states, null.states]), torch.cat([emb.pooled, null.pooled])
-                model.commit_chunk(both, states2, pooled2, acts, cache, start)
+                both = TextEmbedding.cat(emb, null)
+                model.commit_chunk(torch.cat([clean, clean]).to(dtype), both.states, both.pooled, acts, cache, start)
                 return 2
             model.commit_chunk(clean.to(dtype), emb.states, emb.pooled, acts, cache, start)
             return 1

@@ -42,6 +42,16 @@ def test_guidance_mixes_conditional_and_null_and_counts_two_nfe():
     torch.testing.assert_close(last.x, torch.full_like(x, -3.0))  # x - 1.0 * (0 + 3 * (1 - 0))
 
 
+def test_text_embeddings_stack_along_the_batch_in_order():
+    a = TextEmbedding(torch.ones(2, 3, 4), torch.ones(2, 4), torch.ones(2, 3, dtype=torch.bool))
+    both = TextEmbedding.cat(a, emb(1))
+    assert both.states.shape == (3, 3, 4) and both.pooled.shape == (3, 4) and both.mask.shape == (3, 3)
+    assert both.states[:2].eq(1).all() and both.states[2].eq(0).all() and both.pooled[2].eq(0).all()
+    assert both.mask.all()  # emb() is all-real tokens too
+    with pytest.raises(RuntimeError):  # another token length cannot be stacked
+        TextEmbedding.cat(a, TextEmbedding(torch.ones(1, 5, 4), torch.ones(1, 4), torch.ones(1, 5, dtype=torch.bool)))
+
+
 def test_flow_matching_loss_is_zero_for_the_exact_velocity_and_positive_otherwise():
     x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
     assert flow_matching_loss(noise - x0, x0, noise).item() == 0.0

@@ -74,10 +74,6 @@ def regression_loss(one_step: torch.Tensor, teacher_images: torch.Tensor) -> tor
     return 0.5 * ((one_step.float() - teacher_images.float()) ** 2).mean()
 
 
-def cat(a: TextEmbedding, b: TextEmbedding) -> TextEmbedding:
-    return TextEmbedding(torch.cat([a.states, b.states]), torch.cat([a.pooled, b.pooled]), torch.cat([a.mask, b.mask]))
-
-
 class GANHead(torch.nn.Module):
     """Real/fake logit from the critic's bottleneck features: (B, C, H, W) or tokens (B, N, C)."""
 
@@ -191,7 +187,7 @@ class DMD2(DistillationMethod):
             else:  # the pairs' one-step images ride in the same forward: one DDP forward per backward
                 z, pair_emb, pair_images = self._pair_batch(b, rng)
                 inputs, sigmas = torch.cat([x, z]), torch.cat([sigma, torch.ones_like(sigma)])
-                both = distill.predict_x0(generator, inputs, sigmas, cat(emb, pair_emb))
+                both = distill.predict_x0(generator, inputs, sigmas, TextEmbedding.cat(emb, pair_emb))
                 x0, one_step = both[:b], both[b:]
             t = self._noise_level(b, rng)
             noise = torch.randn(shape, generator=rng, device=self.device)
