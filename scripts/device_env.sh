@@ -15,7 +15,7 @@ state["embeddings.word_embeddings.weight"] = table
 save_file(state, ".device/minilm/model.safetensors")
 PY
 fi
-export DISTILLERY_TEXT_ENCODER_DIR="$PWD/.device/minilm"
+export DISTILLERY_TEXT_ENCODER_DIR="${DISTILLERY_TEXT_ENCODER_DIR:-$PWD/.device/minilm}"  # a detached run may point at a copy
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
 export DISTILLERY_FORTUNES_DIR="$PWD/.device/fortunes"

@@ -5,6 +5,12 @@
 #                                          args go to it), exported to runs/exports/motion-student-ode on the machine; then,
 #                                          on the still-warm machine (runs/ survives between calls):
 #   bash scripts/device_video.sh student --init_from=runs/exports/motion-student-ode --max_minutes=4
+#   bash scripts/device_video.sh ode-student ODE_MIN SF_MIN   both in a row, no bench: the ODE-initialised student
+#                                          exports to runs/exports/motion-student-new (id motion-student), logs and
+#                                          metrics to runs/video-new (then `done`); it can run detached (setsid) while
+#                                          a later call, with another tree, trains something else
+#   bash scripts/device_video.sh bench     `bench video` of the teacher, the new student (as motion-student) and the
+#                                          shipped one (as motion-student-shipped, from the .device/student delta)
 # With both video checkpoints the tree outgrows the 64 MiB carry: move the student out of the tree and carry it
 # as a delta (scripts/carry_delta.py pack ... .device/student; unpack it on the device before benchmarking).
 source scripts/device_env.sh
@@ -21,6 +27,23 @@ elif [ "$STAGE" = ode ]; then
   python -m trainer train configs/motion-ode-init.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -20
   cp runs/motion-ode-init/metrics.jsonl $OUT/ode-init-metrics.jsonl
   cp runs/motion-ode-init/samples/latest.png $OUT/ode-init-samples.png 2>/dev/null
+elif [ "$STAGE" = ode-student ]; then  # results in runs/video-new (it may run detached, outliving the call)
+  V=runs/video-new && rm -rf $V && mkdir -p $V
+  TEACHER=${TEACHER:-checkpoints/motion-teacher}  # detached: a copy under runs/ that a later call's tree cannot touch
+  python -m trainer train configs/motion-ode-init.yaml --teacher=$TEACHER --max_minutes=${1:?ODE minutes} 2>&1 | grep -v "kept in float32" > $V/ode-init.log
+  cp runs/motion-ode-init/metrics.jsonl $V/ode-init-metrics.jsonl
+  python -m trainer train configs/motion-self-forcing.yaml --teacher=$TEACHER --init_from=runs/exports/motion-student-ode \
+    --run_dir=runs/motion-self-forcing-ode --max_minutes=${2:?Self-Forcing minutes} \
+    --export.output_dir=runs/exports/motion-student-new "${@:3}" 2>&1 | grep -v "kept in float32" > $V/student-new.log
+  cp runs/motion-self-forcing-ode/metrics.jsonl $V/student-new-metrics.jsonl
+  touch $V/done
+elif [ "$STAGE" = bench ]; then
+  rm -rf checkpoints/motion-student checkpoints/motion-student-shipped
+  cp -r runs/exports/motion-student-new checkpoints/motion-student
+  python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student-shipped
+  sed -i 's/"id": "motion-student"/"id": "motion-student-shipped"/' checkpoints/motion-student-shipped/card.json
+  timeout ${BENCH_SECONDS:-300} python -m bench video --compiled ${BENCH_ARGS:---clips 256 --long-clips 32} \
+    --models motion-teacher,motion-student,motion-student-shipped --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
 else
   python -m trainer train configs/motion-self-forcing.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
   cp runs/motion-self-forcing/metrics.jsonl $OUT/student-metrics.jsonl
