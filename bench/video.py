@@ -41,7 +41,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compiled", action="store_true", help="also time the streaming model with CUDA graphs")
     parser.add_argument("--clips", type=int, default=256, help="held-out 16-frame clips (a quarter of them interactive)")
     parser.add_argument("--long-clips", type=int, default=32, help="clips streamed for 216 frames (drift)")
-    parser.add_argument("--teacher-steps", default="4,8,25")
+    parser.add_argument("--teacher-steps", default="4,8,16", help="whole-clip steps (the motion teacher's default: 16)")
     parser.add_argument("--student-steps", default="1,2,4")
     parser.add_argument("--teacher-stream-steps", default="4,8", help="steps per chunk when a causally trained teacher streams")
     parser.add_argument("--schedules", default="4-2-1,2-1", help="asymmetric per-chunk schedules (Diagonal Distillation)")
@@ -50,7 +50,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=0, help="batch for quality runs (default 64 GPU, 16 CPU)")
     parser.add_argument("--match", type=float, default=0.02, help="'within 2 points' of the teacher")
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # every step count becomes a VideoRequest: refuse a bad one now, not after the models before it have run
+    for flag in ("teacher_steps", "student_steps", "teacher_stream_steps"):
+        for item in filter(None, getattr(args, flag).split(",")):
+            try:
+                VideoRequest("probe", steps=int(item))
+            except ValueError as error:  # InvalidRequest is one
+                parser.error(f"--{flag.replace('_', '-')} {item!r}: {error}")
+    for schedule in filter(None, args.schedules.split(",")):
+        try:
+            VideoRequest("probe", schedule=tuple(int(s) for s in schedule.split("-")))
+        except ValueError as error:  # InvalidRequest is one
+            parser.error(f"--schedules {schedule!r}: {error}")
+    return args
 
 
 def _schedules(text: str) -> list[tuple[int, ...]]:

@@ -123,3 +123,21 @@ def test_the_ode_loss_pulls_the_student_to_the_teachers_clips(tiny_video_root, t
 def test_bad_ode_init_settings_are_refused(extra, message, tiny_video_root, text_encoder, tmp_path):
     with pytest.raises(ConfigError, match=message):
         SelfForcing(ode_config(tiny_video_root, tmp_path, "bad", extra), CPU, text_encoder)
+
+
+def test_ode_init_lr_probe_reads_the_fixed_batch_loss_as_the_student_trains(tiny_video_root, tmp_path):
+    """scripts/probe_ode_init_lr.py: every lr starts from the same weights (same first reading), and the one
+    that trains moves the loss while lr 0 leaves it exactly where it was."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_ode_init_lr", REPO / "scripts" / "probe_ode_init_lr.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    args = ["--config", CONFIG, "--teacher", str(tiny_video_root / "tiny-video"), "--run-dir", str(tmp_path / "p")]
+    args += ["--set", "method_config.stage=ode_init"]  # the tiny config is a DMD-stage one
+    results = probe.main([*args, "--lrs", "1e-2,0", "--steps", "4", "--batch", "2", "--pairs", "4", "--pair-steps", "2"])
+    trained, frozen = (r["fixed_batch_loss"] for r in results)
+    assert len(trained) == len(frozen) == 5 and trained[0] == frozen[0] > 0
+    assert frozen == [frozen[0]] * 5 and trained[-1] != trained[0]
+    with pytest.raises(SystemExit):
+        probe.main([*args, "--steps", "2"])

@@ -212,6 +212,25 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
     json.loads((tmp_path / "video-cpu.json").read_text())
 
 
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--teacher-steps=4,25", "--teacher-steps '25': steps per chunk must be from 1 to 16, got 25"),
+        ("--student-steps=1,x", "--student-steps 'x': invalid literal"),
+        ("--schedules=4-0", "--schedules '4-0': schedule steps must be from 1 to 16, got 0"),
+    ],
+)
+def test_bench_video_refuses_bad_step_counts_before_running_anything(flag, message, capsys) -> None:
+    """Seen on an H200: the default --teacher-steps held 25, which VideoRequest refuses, so the run died after
+    the teacher's first rows. Defaults are now valid requests, and a bad count stops the run at parse time."""
+    from bench.video import parse
+
+    assert parse([]).teacher_steps == "4,8,16"
+    with pytest.raises(SystemExit):
+        parse([flag])
+    assert message in capsys.readouterr().err
+
+
 def test_unknown_or_unavailable_video_backends_are_refused(video_registry) -> None:
     from engines.errors import BackendUnavailable
 
