@@ -21,8 +21,8 @@ from trainer.config import load_config
 from trainer.methods.self_forcing import SelfForcing
 
 
-def fixed_loss(method: SelfForcing, generator, batch: int, draws: int = 3) -> float:
-    with torch.no_grad():
+def fixed_loss(method: SelfForcing, generator, batch: int, bf16: bool, draws: int = 3) -> float:
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         return sum(method.ode_loss(generator, batch, torch.Generator().manual_seed(s)).item() for s in range(draws)) / draws
 
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--pair-steps", type=int, default=8)
     parser.add_argument("--run-dir", default="/tmp/probe-ode-init-lr")
+    parser.add_argument("--bf16", action="store_true", help="losses under bfloat16 autocast, as the GPU run trained")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     args = parser.parse_args(argv)
     if args.steps < 4 or args.batch < 1 or args.pairs < args.batch:
@@ -65,14 +66,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             generator.parameters(), lr=lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay
         )
         rng = torch.Generator().manual_seed(1)
-        readings = [fixed_loss(method, generator, 2 * args.batch)]
+        readings = [fixed_loss(method, generator, 2 * args.batch, args.bf16)]
         for step in range(args.steps):
-            loss = method.ode_loss(generator, args.batch, rng)
+            with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
+                loss = method.ode_loss(generator, args.batch, rng)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if (step + 1) % (args.steps // 4) == 0:
-                readings.append(fixed_loss(method, generator, 2 * args.batch))
+                readings.append(fixed_loss(method, generator, 2 * args.batch, args.bf16))
         results.append({"lr": lr, "fixed_batch_loss": [round(r, 5) for r in readings]})
         print(f"lr {lr:g}: fixed-batch ODE loss every {args.steps // 4} steps: {results[-1]['fixed_batch_loss']}", flush=True)
     return results

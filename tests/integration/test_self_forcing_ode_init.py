@@ -127,7 +127,7 @@ def test_bad_ode_init_settings_are_refused(extra, message, tiny_video_root, text
 
 def test_ode_init_lr_probe_reads_the_fixed_batch_loss_as_the_student_trains(tiny_video_root, tmp_path):
     """scripts/probe_ode_init_lr.py: every lr starts from the same weights (same first reading), and the one
-    that trains moves the loss while lr 0 leaves it exactly where it was."""
+    that trains moves the loss while lr 0 leaves it exactly where it was; --bf16 reads the same loss."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("probe_ode_init_lr", REPO / "scripts" / "probe_ode_init_lr.py")
@@ -135,9 +135,11 @@ def test_ode_init_lr_probe_reads_the_fixed_batch_loss_as_the_student_trains(tiny
     spec.loader.exec_module(probe)
     args = ["--config", CONFIG, "--teacher", str(tiny_video_root / "tiny-video"), "--run-dir", str(tmp_path / "p")]
     args += ["--set", "method_config.stage=ode_init"]  # the tiny config is a DMD-stage one
-    results = probe.main([*args, "--lrs", "1e-2,0", "--steps", "4", "--batch", "2", "--pairs", "4", "--pair-steps", "2"])
-    trained, frozen = (r["fixed_batch_loss"] for r in results)
+    small = ["--steps", "4", "--batch", "2", "--pairs", "4", "--pair-steps", "2"]
+    trained, frozen = (r["fixed_batch_loss"] for r in probe.main([*args, "--lrs", "1e-2,0", *small]))
     assert len(trained) == len(frozen) == 5 and trained[0] == frozen[0] > 0
     assert frozen == [frozen[0]] * 5 and trained[-1] != trained[0]
+    (half,) = probe.main([*args, "--lrs", "0", *small, "--bf16"])  # the same pairs, reused from the run dir
+    assert abs(half["fixed_batch_loss"][0] - frozen[0]) < 0.2 * frozen[0]  # the same loss, in bfloat16
     with pytest.raises(SystemExit):
         probe.main([*args, "--steps", "2"])
