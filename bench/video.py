@@ -52,17 +52,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
     args = parser.parse_args(argv)
     # every step count becomes a VideoRequest: refuse a bad one now, not after the models before it have run
-    for flag in ("teacher_steps", "student_steps", "teacher_stream_steps"):
+    for flag in ("teacher_steps", "student_steps", "teacher_stream_steps", "schedules"):
         for item in filter(None, getattr(args, flag).split(",")):
             try:
-                VideoRequest("probe", steps=int(item))
+                if flag == "schedules":
+                    VideoRequest("probe", schedule=tuple(int(s) for s in item.split("-")))
+                else:
+                    VideoRequest("probe", steps=int(item))
             except ValueError as error:  # InvalidRequest is one
                 parser.error(f"--{flag.replace('_', '-')} {item!r}: {error}")
-    for schedule in filter(None, args.schedules.split(",")):
-        try:
-            VideoRequest("probe", schedule=tuple(int(s) for s in schedule.split("-")))
-        except ValueError as error:  # InvalidRequest is one
-            parser.error(f"--schedules {schedule!r}: {error}")
     return args
 
 

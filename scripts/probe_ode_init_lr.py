@@ -1,9 +1,10 @@
-"""Does Self-Forcing's ODE initialisation lower its own loss at a given learning rate? (CPU, fp32)
+"""Does Self-Forcing's ODE initialisation lower its own loss at a given learning rate? (CPU; fp32, or --bf16)
 
 On an H200 (bf16, batch 32, lr 1e-4 after 50 warm-up steps) the logged ODE loss rose 0.0035 -> 0.0088 -> 0.0187
 over 150 steps (bench/results/device/motion-ode-init-h200-metrics.jsonl). This trains the shipped teacher's
 causal copy on a small pair set at each learning rate from the same start and reports the loss on three fixed
 batches (same clips, steps and noise) every quarter of the run, so only the student changes between readings.
+The fixed batches are drawn from the pairs it trains on: with a small set, memorising them lowers the loss too.
 
   PYTHONPATH=. python scripts/probe_ode_init_lr.py --lrs 1e-4,1e-5 --steps 40
 """

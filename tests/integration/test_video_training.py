@@ -217,6 +217,7 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
     [
         ("--teacher-steps=4,25", "--teacher-steps '25': steps per chunk must be from 1 to 16, got 25"),
         ("--student-steps=1,x", "--student-steps 'x': invalid literal"),
+        ("--teacher-steps=4-2", "--teacher-steps '4-2': invalid literal"),  # a schedule where one count belongs
         ("--schedules=4-0", "--schedules '4-0': schedule steps must be from 1 to 16, got 0"),
     ],
 )
