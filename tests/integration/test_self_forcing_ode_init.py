@@ -139,7 +139,13 @@ def test_ode_init_lr_probe_reads_the_fixed_batch_loss_as_the_student_trains(tiny
     trained, frozen = (r["fixed_batch_loss"] for r in probe.main([*args, "--lrs", "1e-2,0", *small]))
     assert len(trained) == len(frozen) == 5 and trained[0] == frozen[0] > 0
     assert frozen == [frozen[0]] * 5 and trained[-1] != trained[0]
-    (half,) = probe.main([*args, "--lrs", "0", *small, "--bf16"])  # the same pairs, reused from the run dir
+    (half,) = probe.main([*args, "--lrs", "0", *small, "--bf16", "--held-out", "2"])  # pairs reused from the run dir
     assert abs(half["fixed_batch_loss"][0] - frozen[0]) < 0.2 * frozen[0]  # the same loss, in bfloat16
-    with pytest.raises(SystemExit):
-        probe.main([*args, "--steps", "2"])
+    # pairs it never trained on read another loss, unchanged at lr 0; each step count has its own loss
+    assert len(half["held_out_loss"]) == 5 and half["held_out_loss"][0] != half["fixed_batch_loss"][0]
+    assert half["held_out_loss"] == [half["held_out_loss"][0]] * 5
+    start, end = half["by_steps"]["start"], half["by_steps"]["end"]
+    assert start == end and len(set(start.values())) == len(start) > 1
+    for bad in (["--steps", "2"], ["--held-out", "-1"]):
+        with pytest.raises(SystemExit):
+            probe.main([*args, *bad])

@@ -46,6 +46,20 @@ def test_three_steps_then_resume_matches_an_unbroken_run(tmp_path, text_encoder,
     assert steps == [1, 2, 3, 4, 5]
 
 
+def test_a_log_line_holds_the_means_of_its_window_not_its_last_step(tmp_path, text_encoder, tiny_args):
+    def records(log_every: int) -> list[dict]:
+        run = tmp_path / f"every-{log_every}"
+        train(load_config(None, [*tiny_args, f"--run_dir={run}", f"--log_every={log_every}"]), text_encoder=text_encoder)
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+
+    each, pairs = records(1), records(2)
+    assert [r["step"] for r in each] == [1, 2, 3, 4] and [r["step"] for r in pairs] == [2, 4]
+    assert each[0]["loss"] != each[1]["loss"]  # else a last-step log would pass too
+    for line, window in zip(pairs, (each[0:2], each[2:4])):
+        for key in ("loss", "grad_norm/model"):
+            assert abs(line[key] - sum(r[key] for r in window) / 2) < 1e-6, key
+
+
 def test_run_writes_checkpoints_atomically_and_keeps_the_newest(tmp_path, text_encoder, tiny_args):
     run = tmp_path / "run"
     train(

@@ -71,3 +71,25 @@ def test_fd_gap_draws_shapeless_blobs_as_circles_and_counts_them() -> None:
     assert shapeless == 1
     circle = shapes.to_uint8(shapes.render([shapes.Scene((shapes.Obj("circle", "red", "large", 20.0, 30.0),), None)]))[0]
     assert (clean[0] == circle).all() and (clean[1] == clean[1][0, 0]).all()  # the empty image is background only
+
+
+shift_probe = _load("probe_position_by_shift")  # imports probe_layout_by_step, loaded above
+
+
+def test_shift_probe_samples_at_each_shift_and_scores_it(tiny_image_root, monkeypatch) -> None:
+    from engines.image import ImageEngine
+
+    seen = []
+    real = ImageEngine.sample_prompts
+
+    def spy(self, *args, **kwargs):
+        seen.append(float(self.scheduler.config.shift))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageEngine, "sample_prompts", spy)
+    rows = shift_probe.main(["--checkpoint", str(tiny_image_root / "tiny-cpu"), "--n", "2", "--shifts", "1,4.5", "--steps", "2"])
+    assert seen == [1.0, 4.5] and [r["shift"] for r in rows] == [1.0, 4.5]
+    assert all(0 <= r["position"] <= 1 and r["order_agrees"] in (0.0, 0.5, 1.0) for r in rows)
+    for bad in (["--shifts", "1,x"], ["--shifts", "0"], ["--n", "0"]):
+        with pytest.raises(SystemExit):
+            shift_probe.main(bad)
