@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.common import add_model_args, bench_registry, model_names, percentiles, write_result
-from engines.devices import device_name, device_slug, synchronize
+from engines.devices import device_name, device_slug, name_slug, synchronize
 from engines.registry import Registry
 from engines.requests import VideoRequest
 from engines.video import VideoEngine
@@ -50,6 +50,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=0, help="batch for quality runs (default 64 GPU, 16 CPU)")
     parser.add_argument("--match", type=float, default=0.02, help="'within 2 points' of the teacher")
     parser.add_argument("--update-cards", action="store_true", help="copy this run's numbers into the checkpoints' cards")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="RESULT",
+        help="instead of measuring: merge result files of runs cut short on one device with the same settings (a "
+        "later file's row replaces an earlier one's of the same model and setting) and summarise them as one run",
+    )
     args = parser.parse_args(argv)
     # every step count becomes a VideoRequest: refuse a bad one now, not after the models before it have run
     for flag in ("teacher_steps", "student_steps", "teacher_stream_steps", "schedules"):
@@ -216,9 +224,63 @@ def _row(
     return row
 
 
+def _models(result: dict) -> list[str]:
+    return sorted({row["model"] for row in result["rows"]})
+
+
+def combine(paths: list[Path]) -> tuple[str, list[dict], dict, dict, dict]:
+    """The device, rows, long-horizon results and per-user FPS of several result files of one device and
+    one set of settings (checked: a device or settings that differ are refused), later files first in line;
+    and the notes they share, with where each part came from."""
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--combine: cannot read {path}: {error}") from error
+        if not isinstance(result, dict) or result.get("suite") != "video" or not isinstance(result.get("rows"), list):
+            raise SystemExit(f"--combine: {path} is not a `bench video` result")
+        results.append(result)
+    for path, result in zip(paths[1:], results[1:]):
+        for key in ("device", "notes"):
+            if result.get(key) != results[0].get(key):
+                raise SystemExit(
+                    f"--combine: {path} differs from {paths[0]} in {key} ({result.get(key)!r} against "
+                    f"{results[0].get(key)!r}); only runs of one device with the same settings add up to one result"
+                )
+    rows: dict[tuple, dict] = {}
+    long_horizon: dict = {}
+    users: dict = {}
+    for result in results:
+        for row in result["rows"]:
+            rows[(row["model"], row["backend"], row["mode"], row["schedule"])] = row
+        long_horizon |= result.get("long_horizon", {})
+        users |= result.get("two_users_fps", {})
+    parts = [
+        f"{Path(p).name} ({r.get('created')}, commit `{r.get('git')}`: {', '.join(_models(r))})" for p, r in zip(paths, results)
+    ]
+    extra = {
+        "notes": f"{results[0].get('notes', '')} Combined (`--combine`) from {'; '.join(parts)}.".strip(),
+        "combined_from": [
+            {"file": Path(p).name, "created": r.get("created"), "git": r.get("git"), "models": _models(r)}
+            for p, r in zip(paths, results)
+        ],
+    }
+    return results[0]["device"], list(rows.values()), long_horizon, users, extra
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     registry = bench_registry(args)
+    if args.combine:
+        device, rows, long_horizon, users, extra = combine(args.combine)
+        summary = summarise(rows, long_horizon, registry, args.match)
+        extra |= {"long_horizon": long_horizon, "two_users_fps": users}
+        json_path, md_path = write_result("video", name_slug(device), device, rows, summary, extra, args.out)
+        print(f"wrote {json_path} and {md_path}", flush=True)
+        if args.update_cards:
+            update_cards(registry, rows, summary, long_horizon, json_path)
+        return json.loads(json_path.read_text())
     device = registry.device
     on_gpu = device.type == "cuda"
     repeats = args.repeats or (10 if on_gpu else 2)

@@ -55,8 +55,12 @@ def device_name(device: torch.device | str) -> str:
 
 def device_slug(device: torch.device | str) -> str:
     """Short slug for result file names: cpu, h100, h200, a100, … (else a cleaned GPU name)."""
-    name = device_name(device)
-    if not name.startswith("CPU") and torch.device(device).type == "cuda":
-        match = re.search(r"\b([A-Z]\d{2,4}|RTX\s?\d{4})\b", name)
-        return (match.group(1) if match else name).lower().replace(" ", "")
-    return "cpu"
+    return name_slug(device_name(device)) if torch.device(device).type == "cuda" else "cpu"
+
+
+def name_slug(name: str) -> str:
+    """The slug of a device's name as result files record it ('NVIDIA H200' -> h200, 'CPU: ...' -> cpu)."""
+    if name.startswith("CPU"):
+        return "cpu"
+    match = re.search(r"\b([A-Z]\d{2,4}|RTX\s?\d{4})\b", name)
+    return (match.group(1) if match else name).lower().replace(" ", "")

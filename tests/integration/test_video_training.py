@@ -212,6 +212,46 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
     json.loads((tmp_path / "video-cpu.json").read_text())
 
 
+def test_bench_video_combines_runs_cut_short_into_one_summary(tiny_video_root, tmp_path) -> None:
+    """A GPU lease may end between models: one run measured the teacher, a later one the student. --combine
+    adds them up (same device and settings only) and summarises them as one run would have."""
+    from bench.video import main
+
+    common = ["--device=cpu", f"--checkpoints={tiny_video_root}", "--clips=4", "--long-clips=1", "--teacher-steps=2"]
+    common += ["--student-steps=1", "--schedules=2-1", "--stream-frames=4", "--repeats=1"]
+    teacher = main([*common, "--models=tiny-video", f"--out={tmp_path / 'a'}"])
+    student = main([*common, "--models=tiny-video-student", f"--out={tmp_path / 'b'}"])
+    assert "ttff_speedup_vs_teacher" not in student["summary"]  # alone, the student run has no teacher to compare to
+    parts = [tmp_path / "a" / "video-cpu.json", tmp_path / "b" / "video-cpu.json"]
+    result = main(["--device=cpu", f"--checkpoints={tiny_video_root}", "--combine", *map(str, parts), f"--out={tmp_path}"])
+    assert result["rows"] == teacher["rows"] + student["rows"]  # nothing lost, nothing counted twice
+    summary = result["summary"]
+    assert summary["teacher_ttff_ms"] == teacher["summary"]["teacher_ttff_ms"]
+    assert summary["first_frame_ms"] == student["summary"]["first_frame_ms"]
+    assert summary["ttff_speedup_vs_teacher"] == round(summary["teacher_ttff_ms"] / summary["first_frame_ms"], 1)
+    assert result["long_horizon"] == student["long_horizon"] and [c["models"] for c in result["combined_from"]] == [
+        ["tiny-video"],
+        ["tiny-video-student"],
+    ]
+    assert "tiny-video-student" in (tmp_path / "video-cpu.md").read_text()
+    # a later file's row replaces the same row of an earlier one
+    twice = [*map(str, parts), str(parts[1])]
+    again = main(["--device=cpu", f"--checkpoints={tiny_video_root}", "--combine", *twice, f"--out={tmp_path}"])
+    assert again["rows"] == result["rows"]
+
+    other = json.loads(parts[1].read_text()) | {"notes": "8 held-out clips"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "image.json").write_text(json.dumps({"suite": "image", "rows": []}))
+    for bad, message in [
+        (tmp_path / "other.json", "differs from .* in notes"),
+        (tmp_path / "image.json", "is not a `bench video` result"),
+        (tmp_path / "missing.json", "cannot read"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main(["--device=cpu", "--combine", str(parts[0]), str(bad), f"--out={tmp_path / 'c'}"])
+    assert not (tmp_path / "c").exists()  # a refused combination writes nothing
+
+
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
