@@ -1,6 +1,7 @@
 # Image students of the shipped teacher, several variants at once on one GPU, over consecutive calls.
-#   bash scripts/device_students.sh train MINUTES   trains every variant below for MINUTES (a second call
-#                                                    on the still-warm machine resumes each run exactly)
+#   bash scripts/device_students.sh train MINUTES [NAMES]  trains every variant below (or the NAMES given) for
+#                                                    MINUTES, detached, waiting up to WAIT_SECONDS for them (a second
+#                                                    call on the still-warm machine resumes each run exactly)
 #   bash scripts/device_students.sh bench            benches the teacher and every exported student on
 #                                                    560 prompts; returns the results and the best exports
 # Each variant is NAME="config overrides"; its run lives in runs/NAME and exports as checkpoint NAME.
@@ -52,16 +53,29 @@ case $1 in
     rm -rf runs/teacher && cp -r checkpoints/shapes-teacher runs/teacher && ls runs/teacher
     ;;
   train)
+    # Detached, so the runs outlive a call cut at its time limit: MINUTES of training come after the pair set
+    # (minutes on a shared GPU) and before the final evaluation and export, and session 14 lost two runs, killed
+    # unexported with their call. This call waits up to WAIT_SECONDS (default 540) and reports; `bench`, on the
+    # still-warm machine, waits for the rest.
+    rm -f $R/train.done
+    setsid nohup bash scripts/device_students.sh train-detached "$2" "$3" > $R/train.out 2>&1 < /dev/null &
+    for i in $(seq ${WAIT_SECONDS:-540}); do [ -f $R/train.done ] && break; sleep 1; done
+    [ -f $R/train.done ] || echo "still training after ${WAIT_SECONDS:-540} s: call bench (it waits) on the warm machine"
+    for v in "${VARIANTS[@]}"; do n=${v%%=*}; [ -f $R/$n.log ] || continue; echo "== $n"; grep -E "^step|^eval at|budget|Error|error" $R/$n.log | tail -4; done
+    tar cf $OUT/logs.tar -C $R --exclude=bench .
+    ;;
+  train-detached)
     for v in "${VARIANTS[@]}"; do
       name=${v%%=*}; spec=(${v#*=})
       [ -n "$3" ] && [[ " $3 " != *" $name "* ]] && continue  # optional: only the named variants
       train $name ${spec[0]} $2 "${spec[@]:1}" &
     done
     wait
-    for v in "${VARIANTS[@]}"; do n=${v%%=*}; echo "== $n"; grep -E "^eval at|budget|Error|error" $R/$n.log | tail -4; done
-    tar cf $OUT/logs.tar -C $R .
+    touch $R/train.done
     ;;
   bench)
+    # a detached `train` still running: wait for its exports (up to WAIT_SECONDS, default 300)
+    for i in $(seq ${WAIT_SECONDS:-300}); do { [ ! -f $R/train.out ] || [ -f $R/train.done ]; } && break; sleep 1; done
     models=shapes-teacher
     for v in "${VARIANTS[@]}"; do models="$models,${v%%=*}"; done
     [ -n "$2" ] && models=$2  # optional: only these models
