@@ -92,3 +92,19 @@ def test_the_order_loss_alone_trains_on_position_scenes_and_adds_to_the_flow_los
         assert "attention_token_loss" not in r  # the mask losses are off
         assert 0 < r["attention_order_loss"] <= 1.2  # an untrained network's attention is not ordered yet
         assert r["loss"] == pytest.approx(r["flow_loss"] + 0.5 * r["attention_order_loss"], rel=1e-4)
+
+
+def test_relation_logit_mean_trains_position_scenes_at_higher_noise_and_leaves_others_alone(tmp_path, text_encoder, tiny_args):
+    """Same seed, same data: with every scene a position scene the noise levels move up; with none, nothing changes."""
+
+    def sigma_mean(category: str, *extra: str) -> float:
+        run = tmp_path / f"{category}{len(extra)}"
+        args = [*tiny_args, f"--run_dir={run}", "--model_preset=unet-tiny", "--max_steps=1", "--log_every=1", *extra]
+        config = load_config(None, args)
+        config.category_weights = {category: 1.0}
+        train(config, text_encoder=text_encoder)
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["sigma_mean"]
+
+    high = "--method_config.relation_logit_mean=3"
+    assert sigma_mean("position", high) > sigma_mean("position") + 0.2
+    assert sigma_mean("counting", high) == sigma_mean("counting")
