@@ -230,8 +230,8 @@ def _models(result: dict) -> list[str]:
 
 def combine(paths: list[Path]) -> tuple[str, list[dict], dict, dict, dict]:
     """The device, rows, long-horizon results and per-user FPS of several result files of one device and
-    one set of settings (checked: a device or settings that differ are refused), later files first in line;
-    and the notes they share, with where each part came from."""
+    one set of settings (checked: a device or settings that differ are refused), a later file's row winning
+    over an earlier one's of the same model and setting; and the notes they share, with where each part came from."""
     results = []
     for path in paths:
         try:
