@@ -167,6 +167,13 @@ def _long_horizon(engine: VideoEngine, clips: list, steps: int, batch: int) -> d
     }
 
 
+def bench_order(cards: list, streamer: str | None) -> list[str]:
+    """Which models run first, should a run be cut short: the teachers (the reference every summary key needs),
+    then the streaming model the summary is about, then the rest (an earlier student kept for comparison). A
+    session-14 run that put the streamer last lost it, and with it the summary, to its time limit."""
+    return [c.id for c in sorted(cards, key=lambda c: (c.role != "teacher", c.id != streamer))]
+
+
 def _streamer(registry: Registry, names: list[str]) -> str | None:
     """The model whose long-horizon stream is measured: the first student, else a teacher that streams."""
     cards = [registry.card(n) for n in names]
@@ -297,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows, long_horizon, users = [], {}, {}
     streamer = _streamer(registry, names)
-    names = sorted(names, key=lambda n: n == streamer)  # the reference (teacher) rows first, should a run be cut short
+    names = bench_order([registry.card(n) for n in names], streamer)
 
     def write(rows: list[dict], long_horizon: dict, users: dict) -> Path:
         summary = summarise(rows, long_horizon, registry, args.match)

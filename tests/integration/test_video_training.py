@@ -313,3 +313,13 @@ def test_a_stream_outlives_its_engine_being_evicted(tiny_video_root) -> None:
     assert rest[-1].final and len(rest[-1].frames) == 8
     again = registry.engine("tiny-video-student")  # reloads cleanly
     assert again is not student and again.network is not None
+
+
+def test_bench_video_runs_teachers_then_the_streaming_model_then_the_rest() -> None:
+    from types import SimpleNamespace
+
+    from bench.video import bench_order
+
+    cards = [SimpleNamespace(id=i, role=r) for i, r in [("old", "student"), ("new", "student"), ("t", "teacher")]]
+    assert bench_order(cards, "new") == ["t", "new", "old"]
+    assert bench_order(cards, None) == ["t", "old", "new"]  # no streamer: the given order after the teachers
