@@ -90,11 +90,16 @@ class WindowMeans:
     """Each logged metric averaged over the steps since the last log line. A single step's loss says
     little where every step draws its own noise level or step count (Self-Forcing's ODE stage logged
     0.0035 -> 0.0187 from three lone steps). Sums stay on the device until read, so adding costs no sync;
-    a metric only some steps produce (a generator loss every third step) is averaged over those steps."""
+    a metric only some steps produce (a generator loss every third step) is averaged over those steps.
+    A checkpoint keeps the open window (`state`), so a run resumed mid-window logs what an unbroken one would."""
 
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.counts: dict[str, int] = {}
+    def __init__(self, state: dict | None = None) -> None:
+        self.sums: dict[str, torch.Tensor | float] = dict((state or {}).get("sums", {}))
+        self.counts: dict[str, int] = dict((state or {}).get("counts", {}))
+
+    def state(self) -> dict:
+        """The open window as JSON-ready numbers (float32 sums stay exact as Python floats)."""
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
 
     def add(self, metrics: dict) -> None:
         for key, value in metrics.items():
@@ -155,6 +160,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
 
     lr_scales: dict[str, float] = getattr(method, "lr_scales", {})  # e.g. a critic learning faster than its generator
     start_step, images_seen, elapsed_before = 0, 0, 0.0
+    window = WindowMeans()  # the metrics since the last log line
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
         state = ckpt.load_state(latest)
@@ -165,6 +171,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         for name, opt in optimizers.items():
             ckpt.load_optimizer(latest, name, opt)
         start_step, images_seen, elapsed_before = state["step"], state["images_seen"], state["elapsed_seconds"]
+        window = WindowMeans(state.get("log_window"))  # older checkpoints have none: the window starts afresh
         if accelerator.is_main_process:
             _trim_log(log_path, start_step)
             print(f"resumed from {latest} at step {start_step}", flush=True)
@@ -191,6 +198,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
             return None
         parts = {name: unwrapped(name) for name in networks} | {f"ema-{name}": net for name, net in ema.items()}
         meta = {"images_seen": images_seen, "elapsed_seconds": elapsed_before + time.perf_counter() - started}
+        meta["log_window"] = window.state()
         return ckpt.save_checkpoint(run_dir, step, parts, optimizers, meta, keep=config.keep_checkpoints, protect=last_good)
 
     def log(record: dict) -> None:
@@ -236,7 +244,6 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
     step = start_step
     budget_reached = False
     window_start, window_images = time.perf_counter(), 0
-    window = WindowMeans()
     with stop.on_signals():
         while step < config.max_steps and not stop:
             if config.max_minutes and (time.perf_counter() - started) / 60 >= config.max_minutes:

@@ -60,6 +60,31 @@ def test_a_log_line_holds_the_means_of_its_window_not_its_last_step(tmp_path, te
             assert abs(line[key] - sum(r[key] for r in window) / 2) < 1e-6, key
 
 
+def test_a_run_resumed_mid_window_logs_the_same_means_as_an_unbroken_one(tmp_path, text_encoder, tiny_args):
+    """Issue 3: the resumed run's next logged losses equal an uninterrupted run's, with log lines that average
+    two steps and a stop after step 3, mid-window (the checkpoint keeps the open window)."""
+    args = [*tiny_args, "--max_steps=5", "--log_every=2"]
+
+    def logged(run) -> list[dict]:
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+
+    train(load_config(None, [*args, f"--run_dir={tmp_path / 'straight'}"]), text_encoder=text_encoder)
+    stop = StopFlag()
+    broken = tmp_path / "broken"
+    train(
+        load_config(None, [*args, f"--run_dir={broken}"]),
+        stop=stop,
+        on_step=lambda step: stop.set() if step == 3 else None,
+        text_encoder=text_encoder,
+    )
+    assert [r["step"] for r in logged(broken)] == [2]  # step 3 waits in the open window, saved with the checkpoint
+    train(load_config(None, [*args, f"--run_dir={broken}"]), text_encoder=text_encoder)
+    straight, resumed = logged(tmp_path / "straight"), logged(broken)
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [2, 4, 5]
+    for a, b in zip(straight, resumed):
+        assert a["loss"] == b["loss"] and a["grad_norm/model"] == b["grad_norm/model"], a["step"]
+
+
 def test_run_writes_checkpoints_atomically_and_keeps_the_newest(tmp_path, text_encoder, tiny_args):
     run = tmp_path / "run"
     train(

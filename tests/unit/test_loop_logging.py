@@ -13,3 +13,14 @@ def test_window_means_average_each_metric_over_the_steps_that_made_it_then_start
     assert window.means() == {}
     window.add({"loss/dmd": torch.tensor(4.0)})
     assert window.means() == {"loss/dmd": 4.0}
+
+
+def test_an_open_window_survives_a_checkpoint_as_plain_numbers():
+    import json
+
+    window = WindowMeans()
+    window.add({"loss": torch.tensor(0.25), "grad_norm/model": 1.5})
+    restored = WindowMeans(json.loads(json.dumps(window.state())))
+    for w in (window, restored):
+        w.add({"loss": torch.tensor(0.75)})
+    assert restored.means() == window.means() == {"loss": 0.5, "grad_norm/model": 1.5}
