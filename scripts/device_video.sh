@@ -9,8 +9,8 @@
 #                                          exports to runs/exports/motion-student-new (id motion-student), logs and
 #                                          metrics to runs/video-new (then `done`); it can run detached (setsid) while
 #                                          a later call, with another tree, trains something else
-#   bash scripts/device_video.sh bench     `bench video` of the teacher, the new student (as motion-student) and the
-#                                          shipped one (as motion-student-shipped, from the .device/student delta)
+#   bash scripts/device_video.sh bench     `bench video --compiled` of the teacher and the shipped student (from the
+#                                          .device/student delta), and of an `ode-student` export still on the machine
 # With both video checkpoints the tree outgrows the 64 MiB carry: move the student out of the tree and carry it
 # as a delta (scripts/carry_delta.py pack ... .device/student; unpack it on the device before benchmarking).
 source scripts/device_env.sh
@@ -37,13 +37,19 @@ elif [ "$STAGE" = ode-student ]; then  # results in runs/video-new (it may run d
     --export.output_dir=runs/exports/motion-student-new "${@:3}" 2>&1 | grep -v "kept in float32" > $V/student-new.log
   cp runs/motion-self-forcing-ode/metrics.jsonl $V/student-new-metrics.jsonl
   touch $V/done
-elif [ "$STAGE" = bench ]; then
-  rm -rf checkpoints/motion-student checkpoints/motion-student-shipped
-  cp -r runs/exports/motion-student-new checkpoints/motion-student
-  python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student-shipped
-  sed -i 's/"id": "motion-student"/"id": "motion-student-shipped"/' checkpoints/motion-student-shipped/card.json
-  timeout ${BENCH_SECONDS:-300} python -m bench video --compiled ${BENCH_ARGS:---clips 256 --long-clips 32} \
-    --models motion-teacher,motion-student,motion-student-shipped --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
+elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .device/student delta); a student from
+  # `ode-student` still on the machine (runs/exports/motion-student-new) is benched beside them as motion-student-new
+  rm -rf checkpoints/motion-student checkpoints/motion-student-new
+  python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student
+  MODELS=motion-teacher,motion-student
+  if [ -d runs/exports/motion-student-new ]; then
+    cp -r runs/exports/motion-student-new checkpoints/motion-student-new
+    sed -i 's/"id": "motion-student"/"id": "motion-student-new"/' checkpoints/motion-student-new/card.json
+    MODELS=$MODELS,motion-student-new
+  fi
+  # the teacher first, then the shipped student with its CUDA-graph rows and long horizon (bench_order), then the rest
+  timeout ${BENCH_SECONDS:-540} python -m bench video --compiled ${BENCH_ARGS:---clips 64 --long-clips 32 --teacher-steps 8,16} \
+    --models $MODELS --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
 else
   python -m trainer train configs/motion-self-forcing.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
   cp runs/motion-self-forcing/metrics.jsonl $OUT/student-metrics.jsonl
