@@ -93,3 +93,19 @@ def test_shift_probe_samples_at_each_shift_and_scores_it(tiny_image_root, monkey
     for bad in (["--shifts", "1,x"], ["--shifts", "0"], ["--n", "0"]):
         with pytest.raises(SystemExit):
             shift_probe.main(bad)
+
+
+drift_probe = _load("probe_video_drift")
+
+
+def test_drift_probe_reports_the_bench_long_horizon_record_per_model(tiny_video_root) -> None:
+    from tests.conftest import one_thread
+
+    with one_thread():
+        results = drift_probe.main(["--checkpoints", str(tiny_video_root), "--models", "tiny-video-student", "--clips", "1"])
+    record = results["tiny-video-student"]
+    assert record["clips"] == 1 and len(record["frame_score_by_16"]) == 14
+    assert record["drift_points"] == round(100 * (record["early"]["overall"] - record["late"]["overall"]), 2)
+    for bad in (["--models", "no-such-model"], ["--models", "tiny-video-student", "--clips", "0"]):
+        with pytest.raises(SystemExit):
+            drift_probe.main(["--checkpoints", str(tiny_video_root), *bad])
