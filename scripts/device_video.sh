@@ -39,20 +39,18 @@ elif [ "$STAGE" = ode-student ]; then  # results in runs/video-new (it may run d
   touch $V/done
 elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .device/student delta); a student from
   # `ode-student` still on the machine (runs/exports/motion-student-new) is benched beside them as motion-student-new
-  rm -rf checkpoints/motion-student checkpoints/motion-student-new
+  copy_as() {  # SOURCE ID: a copy of a checkpoint under checkpoints/ID, its card renamed so the registry tells them apart
+    rm -rf checkpoints/$2 && cp -r $1 checkpoints/$2 && sed -i "s/\"id\": \"[^\"]*\"/\"id\": \"$2\"/" checkpoints/$2/card.json
+  }
+  rm -rf checkpoints/motion-student
   python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student
   MODELS=motion-teacher,motion-student
-  if [ -d runs/exports/motion-student-new ]; then
-    cp -r runs/exports/motion-student-new checkpoints/motion-student-new
-    sed -i 's/"id": "motion-student"/"id": "motion-student-new"/' checkpoints/motion-student-new/card.json
-    MODELS=$MODELS,motion-student-new
-  fi
-  # the teacher first, then the shipped student with its CUDA-graph rows and long horizon (bench_order), then the rest
+  [ -d runs/exports/motion-student-new ] && copy_as runs/exports/motion-student-new motion-student-new && MODELS=$MODELS,motion-student-new
   # the shipped student at its exported KV window (12) beside the window 8 its card now serves (its training
   # rollouts' window): on 32 long clips on the CPU drift was 4.53 points at 12 and 0.63 at 8
-  rm -rf checkpoints/motion-student-w12 && cp -r checkpoints/motion-student checkpoints/motion-student-w12
-  sed -i 's/"id": "motion-student"/"id": "motion-student-w12"/' checkpoints/motion-student-w12/card.json
+  copy_as checkpoints/motion-student motion-student-w12
   sed -i 's/"window": 8/"window": 12/' checkpoints/motion-student-w12/transformer/config.json
+  # bench_order: the teacher first, then the shipped student with its CUDA-graph rows and long horizon, then the rest
   timeout ${BENCH_SECONDS:-480} python -m bench video --compiled ${BENCH_ARGS:---clips 64 --long-clips 32 --teacher-steps 8,16} \
     --models $MODELS,motion-student-w12 --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
   timeout 100 python scripts/probe_video_drift.py --device cuda --clips 32 --batch 32 --models motion-student,motion-student-w12 \

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("need --n >= 1 and every shift > 0")
     card = load_card(args.checkpoint)
     engine = ImageEngine.from_card(card, torch.device("cpu"), TextEncoder())
-    steps, guidance = args.steps or card.default_steps, args.guidance or card.default_guidance
+    steps = args.steps or card.default_steps
+    guidance = card.default_guidance if args.guidance is None else args.guidance
     scenes = [s for s in shapes.eval_scenes(8 * args.n, seed=99) if s.condition.category == args.category][: args.n]
     captions = [s.caption for s in scenes]
     base = engine.scheduler

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
+from bench.common import bench_registry, model_names
 from bench.video import LONG_FRAMES, _long_horizon
-from engines.registry import Registry
 from trainer.worlds import motion
 
 KEYS = ("clips", "early", "late", "drift_points", "frame_score_by_16")
@@ -25,19 +24,15 @@ KEYS = ("clips", "early", "late", "drift_points", "frame_score_by_16")
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=16)
-    parser.add_argument("--models", required=True, help="comma-separated video checkpoint ids")
+    parser.add_argument("--models", required=True, help="comma-separated video checkpoint ids (checked before any runs)")
     parser.add_argument("--checkpoints", action="append", default=[], help="extra checkpoint roots")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.clips < 1 or args.batch < 1:
         parser.error("need --clips >= 1 and --batch >= 1")
-    roots = [Path(__file__).resolve().parent.parent / "checkpoints", *map(Path, args.checkpoints)]
-    registry = Registry(roots, device=args.device)
-    names = [n for n in args.models.split(",") if n]
-    known = {c.id for c in registry.cards("video")}
-    if not names or set(names) - known:
-        parser.error(f"--models must name video checkpoints; unknown: {sorted(set(names) - known)}; known: {sorted(known)}")
+    registry = bench_registry(args)  # the shipped checkpoints and --checkpoints roots, as the bench reads them
+    names = model_names(args, registry, "video")
     clips = motion.eval_clips(args.clips, LONG_FRAMES, seed=2026)
     results = {}
     for name in names:

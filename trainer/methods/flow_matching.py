@@ -142,7 +142,7 @@ class FlowMatching(ImageMethod):
         emb = drop_condition(emb, keep)
         mean = self.args.logit_mean
         if self.args.relation_logit_mean is not None:
-            related = torch.tensor([c.relation is not None for c in batch["conditions"]], device=self.device)
+            related = relation_targets(batch["conditions"])[1].to(self.device) != 0  # sign 0: relates nothing
             mean = torch.where(related, self.args.relation_logit_mean, self.args.logit_mean)
         u = mean + self.args.logit_std * torch.randn(b, generator=generator, device=self.device)
         sigma = shift_sigma(torch.sigmoid(u), self.args.shift)
