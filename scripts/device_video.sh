@@ -9,8 +9,13 @@
 #                                          exports to runs/exports/motion-student-new (id motion-student), logs and
 #                                          metrics to runs/video-new (then `done`); it can run detached (setsid) while
 #                                          a later call, with another tree, trains something else
+#   bash scripts/device_video.sh re-dmd MIN [BETA]   Re-DMD against plain DMD, side by side on the GPU, both continuing
+#                                          the shipped student (the .device/student delta) for MIN minutes: exports in
+#                                          runs/exports/motion-student-{redmd,plain}, logs and metrics in runs/video-redmd
+#                                          (then `done`); run it detached (setsid) and poll for runs/video-redmd/done
 #   bash scripts/device_video.sh bench     `bench video --compiled` of the teacher and the shipped student (from the
-#                                          .device/student delta), and of an `ode-student` export still on the machine
+#                                          .device/student delta), and of `ode-student`/`re-dmd` exports still on the
+#                                          machine (W12=1 adds the shipped student at KV window 12)
 # With both video checkpoints the tree outgrows the 64 MiB carry: move the student out of the tree and carry it
 # as a delta (scripts/carry_delta.py pack ... .device/student; unpack it on the device before benchmarking).
 source scripts/device_env.sh
@@ -37,6 +42,19 @@ elif [ "$STAGE" = ode-student ]; then  # results in runs/video-new (it may run d
     --export.output_dir=runs/exports/motion-student-new "${@:3}" 2>&1 | grep -v "kept in float32" > $V/student-new.log
   cp runs/motion-self-forcing-ode/metrics.jsonl $V/student-new-metrics.jsonl
   touch $V/done
+elif [ "$STAGE" = re-dmd ]; then  # results in runs/video-redmd (run it detached: it outlives a call)
+  V=runs/video-redmd && rm -rf $V && mkdir -p $V
+  TEACHER=${TEACHER:-checkpoints/motion-teacher}
+  START=runs/exports/motion-student-shipped  # under runs/: a later call's tree cannot take it away
+  rm -rf $START && python scripts/carry_delta.py unpack .device/student $TEACHER $START
+  common="--teacher=$TEACHER --init_from=$START --max_minutes=${1:?minutes}"
+  python -m trainer train configs/motion-re-dmd.yaml $common --method_config.reward_beta=${2:-2.0} \
+    2>&1 | grep -v "kept in float32" > $V/redmd.log &
+  python -m trainer train configs/motion-re-dmd.yaml $common --method_config.reward_beta=0 --run_dir=runs/motion-plain-dmd \
+    --export.output_dir=runs/exports/motion-student-plain 2>&1 | grep -v "kept in float32" > $V/plain.log &
+  wait
+  cp runs/motion-re-dmd/metrics.jsonl $V/redmd-metrics.jsonl; cp runs/motion-plain-dmd/metrics.jsonl $V/plain-metrics.jsonl
+  touch $V/done
 elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .device/student delta); a student from
   # `ode-student` still on the machine (runs/exports/motion-student-new) is benched beside them as motion-student-new
   copy_as() {  # SOURCE ID: a copy of a checkpoint under checkpoints/ID, its card renamed so the registry tells them apart
@@ -45,16 +63,23 @@ elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .dev
   rm -rf checkpoints/motion-student
   python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student
   MODELS=motion-teacher,motion-student
-  [ -d runs/exports/motion-student-new ] && copy_as runs/exports/motion-student-new motion-student-new && MODELS=$MODELS,motion-student-new
-  # the shipped student at its exported KV window (12) beside the window 8 its card now serves (its training
-  # rollouts' window): on 32 long clips on the CPU drift was 4.53 points at 12 and 0.63 at 8
-  copy_as checkpoints/motion-student motion-student-w12
-  sed -i 's/"window": 8/"window": 12/' checkpoints/motion-student-w12/transformer/config.json
+  for new in new redmd plain; do
+    [ -d runs/exports/motion-student-$new ] && copy_as runs/exports/motion-student-$new motion-student-$new && MODELS=$MODELS,motion-student-$new
+  done
+  if [ "${W12:-0}" = 1 ]; then
+    # the shipped student at its exported KV window (12) beside the window 8 its card now serves (its training
+    # rollouts' window): on 32 long clips on the CPU drift was 4.53 points at 12 and 0.63 at 8
+    copy_as checkpoints/motion-student motion-student-w12
+    sed -i 's/"window": 8/"window": 12/' checkpoints/motion-student-w12/transformer/config.json
+    MODELS=$MODELS,motion-student-w12
+  fi
   # bench_order: the teacher first, then the shipped student with its CUDA-graph rows and long horizon, then the rest
   timeout ${BENCH_SECONDS:-480} python -m bench video --compiled ${BENCH_ARGS:---clips 64 --long-clips 32 --teacher-steps 8,16} \
-    --models $MODELS,motion-student-w12 --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
-  timeout 100 python scripts/probe_video_drift.py --device cuda --clips 32 --batch 32 --models motion-student,motion-student-w12 \
+    --models $MODELS --out $OUT/bench 2>&1 | grep -v "kept in float32" | tail -25
+  timeout 100 python scripts/probe_video_drift.py --device cuda --clips 32 --batch 32 --models ${MODELS#motion-teacher,} \
     2>&1 | grep -v "kept in float32" | tee $OUT/bench/drift-32.txt
+  timeout 60 python scripts/probe_video_motion.py --device cuda --clips 64 --models $MODELS 2>&1 | grep -v "kept in float32" \
+    | tee $OUT/bench/motion-64.txt
 else
   python -m trainer train configs/motion-self-forcing.yaml "$@" 2>&1 | grep -v "kept in float32" | tail -30
   cp runs/motion-self-forcing/metrics.jsonl $OUT/student-metrics.jsonl

@@ -43,8 +43,16 @@ class CriticDistillConfig:
     student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # step counts one checkpoint serves
     sigma_min: float = 0.02  # noise levels where the two scores are compared
     sigma_max: float = 0.98
+    # Reward-weighted DMD (Re-DMD, Reward Forcing sec. 3.3; Stream-R1): each sample's DMD loss is weighted by
+    # exp(beta * r) / mean(exp(beta * r)) with r in [0, 1] from the world's judge; 0 = plain DMD
+    reward_beta: float = 0.0
+    reward_workers: int = 0  # processes judging the rewards (trainer/judge_pool.py); 0: the training process
 
     def __post_init__(self) -> None:
+        if self.reward_beta < 0:
+            raise ConfigError(f"method_config.reward_beta must be >= 0, got {self.reward_beta}")
+        if self.reward_workers < 0:
+            raise ConfigError(f"method_config.reward_workers must be >= 0, got {self.reward_workers}")
         if self.critic_updates < 1:
             raise ConfigError("method_config.critic_updates must be >= 1")
         if not self.student_steps or any(not isinstance(k, int) or k < 1 for k in self.student_steps):
@@ -114,6 +122,15 @@ def dmd_gradient(x0: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> to
     dims = tuple(range(1, x0.dim()))
     scale = (x0 - real).abs().mean(dim=dims, keepdim=True).clamp(min=1e-4)
     return torch.nan_to_num((fake - real) / scale)
+
+
+def reward_weighted(per_sample: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """Re-DMD's weighting: per-sample losses times exp(beta * r) / mean(exp(beta * r)). The weights average 1, so
+    beta moves the loss towards the judge's favourites without changing its scale (beta 0: plain mean)."""
+    if per_sample.shape != rewards.shape:
+        raise ValueError(f"one reward per sample: losses {tuple(per_sample.shape)}, rewards {tuple(rewards.shape)}")
+    weights = torch.exp(beta * rewards.to(per_sample))
+    return (per_sample * weights / weights.mean()).mean()
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:

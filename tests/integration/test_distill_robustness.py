@@ -100,6 +100,7 @@ def test_dmd2_reward_weighting_and_gan_head_train_and_log(dmd2_args, text_encode
     args = dmd2_args(
         "extras",
         "--method_config.reward_beta=2.0",
+        "--method_config.reward_workers=2",  # judged in spawned processes, as on the GPU
         "--method_config.gan_generator_weight=0.01",
         "--method_config.gan_critic_weight=0.01",
         "--max_steps=3",

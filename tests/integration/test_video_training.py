@@ -4,6 +4,7 @@ by the `tiny_video_root` fixture), their checkpoints, the engine, MP4 output and
 from __future__ import annotations
 
 import json
+import math
 
 import imageio.v3 as iio
 import numpy as np
@@ -323,3 +324,58 @@ def test_bench_video_runs_teachers_then_the_streaming_model_then_the_rest() -> N
     cards = [SimpleNamespace(id=i, role=r) for i, r in [("old", "student"), ("new", "student"), ("t", "teacher")]]
     assert bench_order(cards, "new") == ["t", "new", "old"]
     assert bench_order(cards, None) == ["t", "old", "new"]  # no streamer: the given order after the teachers
+
+
+def test_re_dmd_weights_rollouts_by_the_motion_judge(tiny_video_root, tmp_path, monkeypatch) -> None:
+    """Re-DMD (reward_beta > 0): the same rollout and DMD target as plain Self-Forcing, each clip's loss weighted by
+    exp(beta r) / mean; equal rewards give plain DMD's loss, unequal ones another; a run logs its mean reward."""
+    from engines.text_encoder import TextEncoder
+    from trainer.loop import train
+    from trainer.methods.self_forcing import SelfForcing
+
+    teacher = f"--teacher={tiny_video_root / 'tiny-video'}"
+    encoder = TextEncoder(device="cpu")
+
+    def loss_of(method: SelfForcing) -> torch.Tensor:
+        batch = method.data_source()(0, 0, 0)
+        networks = method.networks
+        return method.loss("generator", networks, batch, torch.Generator().manual_seed(5))[0]
+
+    def method(*extra: str) -> SelfForcing:
+        config = load_config(str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), [teacher, *extra])
+        torch.manual_seed(0)
+        return SelfForcing(config, torch.device("cpu"), encoder)
+
+    plain = loss_of(method())
+    rewarded = method("--method_config.reward_beta=2.0")
+    judged = rewarded.rewards(torch.zeros(2, 4, 3, 16, 16), rewarded.data_source()(0, 0, 0)["clips"])
+    assert judged.shape == (2,) and ((judged >= 0) & (judged <= 1)).all()
+    monkeypatch.setattr(rewarded, "rewards", lambda clip, clips: torch.full((clip.shape[0],), 0.5))
+    assert torch.allclose(loss_of(rewarded), plain)
+    monkeypatch.setattr(rewarded, "rewards", lambda clip, clips: torch.tensor([1.0, 0.0]))
+    assert not torch.allclose(loss_of(rewarded), plain)
+
+    run = tmp_path / "re-dmd"
+    train(
+        load_config(
+            str(REPO / "configs" / "tiny-self-forcing-cpu.yaml"), [teacher, f"--run_dir={run}", "--method_config.reward_beta=1.0"]
+        )
+    )
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records if "reward" in r]
+    assert rewards and all(0.0 <= r <= 1.0 for r in rewards)
+    assert all(math.isfinite(r["loss/dmd"]) for r in records if "loss/dmd" in r)
+
+
+def test_re_dmd_settings_are_checked(tiny_video_root, tmp_path) -> None:
+    from trainer.loop import train
+
+    base = [f"--teacher={tiny_video_root / 'tiny-video'}", f"--run_dir={tmp_path / 'run'}"]
+    config = str(REPO / "configs" / "tiny-self-forcing-cpu.yaml")
+    with pytest.raises(ConfigError, match="reward_beta must be >= 0"):
+        train(load_config(config, [*base, "--method_config.reward_beta=-1"]))
+    with pytest.raises(ConfigError, match="reward_categories must be among"):
+        train(load_config(config, [*base, "--method_config.reward_categories=[speed, sharpness]"]))
+    with pytest.raises(ConfigError, match="reward_workers must be >= 0"):
+        train(load_config(config, [*base, "--method_config.reward_workers=-2"]))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before a step ran

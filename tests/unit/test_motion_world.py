@@ -528,3 +528,42 @@ def test_bad_arguments_are_refused():
         M.to_uint8(torch.zeros(2, 3, 64, 64))
     one = M.sample_clip(rng, 1)  # a single frame is a valid (still) clip
     assert len(one.actions) == 1 and M.render_clips([one], 1).shape == (1, 1, 3, 64, 64)
+
+
+# ----------------------------------------------------------------------------- speeds and rewards (Re-DMD)
+
+
+def test_mover_speeds_read_the_stated_speeds_of_the_worlds_own_clips(small_set):
+    clips, video = small_set
+    readings = M.mover_speeds(video, clips)
+    stated = [m.speed for c in clips for m in c.condition.movers if m.speed and m.direction]
+    assert [s for s, _ in readings] == stated and len(stated) >= 5
+    bands = {"slowly": (M.MIN_SPEED, M.SPEED_SPLIT), "quickly": (M.SPEED_SPLIT, M.MAX_SPEED)}
+    for name, measured in readings:  # in the judge's band (a bounce shortens a step, so not always exactly the speed)
+        assert bands[name][0] <= measured <= bands[name][1], (name, measured)
+    assert np.median([m for s, m in readings if s == "slowly"]) == pytest.approx(M.SPEEDS["slowly"], abs=0.1)
+
+
+def test_mover_speeds_of_a_frozen_clip_are_zero_and_of_noise_untracked(small_set):
+    clips, video = small_set
+    frozen = np.ascontiguousarray(np.repeat(video[:, :1], FRAMES, axis=1))
+    assert all(m == 0.0 for _, m in M.mover_speeds(frozen, clips))
+    noise = np.random.default_rng(0).integers(0, 256, video.shape, dtype=np.uint8)
+    assert all(np.isnan(m) for _, m in M.mover_speeds(noise, clips))
+
+
+def test_motion_rewards_score_motion_and_fall_back_to_overall(small_set):
+    clips, video = small_set
+    assert (M.motion_rewards(video, clips) == 1).all()
+    frozen = np.ascontiguousarray(np.repeat(video[:, :1], FRAMES, axis=1))
+    rewards = M.motion_rewards(frozen, clips)
+    assert rewards.dtype == np.float32 and rewards.shape == (len(clips),) and (rewards == 0).all()  # nothing moves
+    # a clip with no stated speed: ("speed",) falls back to the clip's overall verdict
+    per_clip = M.clip_scores(frozen, clips)
+    speed_only = M.motion_rewards(frozen, clips, ("speed",))
+    unstated = np.isnan(per_clip["speed"])
+    assert unstated.any() and np.allclose(speed_only[unstated], per_clip["overall"][unstated])
+    with pytest.raises(ValueError, match="reward categories must be among"):
+        M.motion_rewards(video, clips, ("speed", "sharpness"))
+    with pytest.raises(ValueError, match="reward categories"):
+        M.motion_rewards(video, clips, ())

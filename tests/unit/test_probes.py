@@ -109,3 +109,43 @@ def test_drift_probe_reports_the_bench_long_horizon_record_per_model(tiny_video_
     for bad in (["--models", "no-such-model"], ["--models", "tiny-video-student", "--clips", "0"]):
         with pytest.raises(SystemExit):
             drift_probe.main(["--checkpoints", str(tiny_video_root), *bad])
+
+
+motion_probe = _load("probe_video_motion")
+
+
+def test_motion_probe_bands_add_up_and_read_the_worlds_speeds() -> None:
+    from trainer.worlds import motion
+
+    clips = motion.eval_clips(12, 16, seed=77)
+    table = motion_probe.speed_table(motion.mover_speeds(motion.to_uint8(motion.render_clips(clips, 16)), clips))
+    for stated, row in table.items():
+        assert row["movers"] >= 3 and row["untracked"] == 0, (stated, row)
+        assert sum(row[name] for name, *_ in motion_probe.BANDS) == pytest.approx(1.0)
+    assert table["slowly"]["slow"] == 1.0 and table["quickly"]["quick"] == 1.0
+    empty = motion_probe.speed_table([("slowly", float("nan"))])
+    assert empty["slowly"] == {
+        "movers": 1,
+        "untracked": 1,
+        "median_px": None,
+        "static": None,
+        "slow": None,
+        "quick": None,
+        "beyond": None,
+    }
+    assert empty["quickly"]["movers"] == 0
+
+
+def test_motion_probe_samples_each_model_as_the_bench_does(tiny_video_root) -> None:
+    from tests.conftest import one_thread
+
+    args = ["--checkpoints", str(tiny_video_root), "--models", "tiny-video,tiny-video-student", "--clips", "2"]
+    with one_thread():
+        results = motion_probe.main(args)
+    assert results["tiny-video"]["mode"] == "clip" and results["tiny-video-student"]["mode"] == "stream"
+    assert results["tiny-video-student"]["steps"] == 2  # the card's default
+    for record in results.values():
+        assert 0 <= record["overall"] <= 1 and set(record["by_stated_speed"]) == {"slowly", "quickly"}
+    for bad in (["--models", "no-such-model"], ["--models", "tiny-video", "--steps", "0"]):
+        with pytest.raises(SystemExit):
+            motion_probe.main(["--checkpoints", str(tiny_video_root), *bad])

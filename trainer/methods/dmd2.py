@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +42,7 @@ from engines.text_encoder import TextEmbedding, TextEncoder
 from trainer import distill
 from trainer.config import ConfigError, TrainConfig
 from trainer.image_task import new_scheduler, render_batch
+from trainer.judge_pool import JudgePool
 from trainer.methods.base import DistillationMethod
 from trainer.methods.flow_matching import flow_matching_loss
 from trainer.ode_pairs import PairSet, run_pair_set
@@ -53,15 +53,14 @@ from trainer.worlds import shapes
 class DMD2Config(distill.CriticDistillConfig):
     gan_generator_weight: float = 0.0  # 0 turns the GAN head off
     gan_critic_weight: float = 0.0
-    reward_beta: float = 0.0  # reward-weighted DMD; 0 = plain DMD2
     regression_weight: float = 0.0  # DMD's regression loss on teacher ODE pairs; 0 = off (DMD2); DMD used 0.25
     regression_pairs: int = 4096  # pairs in the fixed set (made once, kept in <run_dir>/ode-pairs.safetensors)
     regression_pair_steps: int = 25  # Euler steps of the teacher ODE that makes them, at the real score's CFG
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.gan_generator_weight, self.gan_critic_weight, self.reward_beta, self.regression_weight) < 0:
-            raise ConfigError("GAN weights, reward_beta and regression_weight must be >= 0")
+        if min(self.gan_generator_weight, self.gan_critic_weight, self.regression_weight) < 0:
+            raise ConfigError("GAN weights and regression_weight must be >= 0")
         if self.regression_pairs < 1 or self.regression_pair_steps < 1:
             raise ConfigError(
                 f"method_config needs regression_pairs >= 1 and regression_pair_steps >= 1, got "
@@ -142,6 +141,7 @@ class DMD2(DistillationMethod):
         self.lr_scales = {"critic": self.args.critic_lr_scale}
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
+        self.judge = JudgePool(self.args.reward_workers if self.args.reward_beta > 0 else 0)
         self.pairs: PairSet | None = None
         if self.args.regression_weight > 0:
             count, steps, guidance = self.args.regression_pairs, self.args.regression_pair_steps, self.guidance
@@ -202,10 +202,10 @@ class DMD2(DistillationMethod):
             per_sample = 0.5 * ((x0.float() - (x0 - grad).detach().float()) ** 2).mean(dim=(1, 2, 3))
             metrics = {}
             if rewards is not None:
-                weights = torch.exp(self.args.reward_beta * rewards)
-                per_sample = per_sample * weights / weights.mean()
+                dmd = distill.reward_weighted(per_sample, rewards, self.args.reward_beta)
                 metrics["reward"] = rewards.mean()
-            dmd = per_sample.mean()
+            else:
+                dmd = per_sample.mean()
             loss = dmd
             metrics["loss/dmd"] = dmd.detach()
             if self.args.gan_generator_weight > 0:
@@ -239,7 +239,7 @@ class DMD2(DistillationMethod):
         return loss, metrics
 
     def _rewards(self, x0: torch.Tensor, conditions: list) -> torch.Tensor:
-        """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU)."""
+        """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU, in
+        `reward_workers` processes)."""
         images = shapes.to_uint8((x0.float().clamp(-1, 1) + 1) / 2)
-        rewards = [shapes.matches(shapes.detect(img), c) for img, c in zip(images, conditions)]
-        return torch.tensor(np.array(rewards, dtype=np.float32), device=self.device)
+        return torch.as_tensor(self.judge(shapes.judge_rewards, images, conditions), device=self.device)

@@ -23,11 +23,18 @@ regresses the teacher's frames at one of the k steps of its sampler: at the firs
 noise the teacher started from, at later ones from the teacher's frames re-noised to that step's
 sigma, which is what the student's jump-and-renoise sampler feeds it. Export it, then run the DMD
 stage with `init_from` that export.
+
+Re-DMD (Reward Forcing, Lu et al. 2025, arXiv:2512.04678, sec. 3.3): distribution matching treats every rollout
+alike, and a mode-seeking student settles on slow, static motion (ours moved 31 % of its "quickly" movers at a quick
+pace against the teacher's clips; `scripts/probe_video_motion.py`). With `reward_beta` > 0 each rollout's DMD loss is
+weighted by exp(beta * r) / mean(exp(beta * r)), r = the motion world's judge on the rollout (the mean of its
+`reward_categories` verdicts, `motion.motion_rewards`), judged in `reward_workers` processes. The paper rates
+dynamics with a vision-language model; our judge reads the stated direction and speed directly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,10 +45,12 @@ from engines.video_sampling import clip_velocity
 from trainer import distill
 from trainer.config import ConfigError, TrainConfig, build
 from trainer.image_task import new_scheduler
+from trainer.judge_pool import JudgePool
 from trainer.methods.flow_matching import flow_matching_loss
 from trainer.methods.video_fm import video_network
 from trainer.ode_pairs import PairSet, run_pair_set
-from trainer.video_task import VideoMethod
+from trainer.video_task import VideoMethod, to_uint8_frames
+from trainer.worlds import motion
 
 STAGES = ("dmd", "ode_init")
 
@@ -56,6 +65,8 @@ class SelfForcingConfig(distill.CriticDistillConfig):
     stage: str = "dmd"  # dmd: Self-Forcing proper | ode_init: regress the teacher's ODE clips first (see above)
     ode_pairs: int = 2048  # ode_init: teacher clips in the fixed set (<run_dir>/ode-pairs.safetensors)
     ode_pair_steps: int = 16  # ode_init: Euler steps of the teacher's whole-clip ODE, at the real score's CFG
+    # Re-DMD (reward_beta > 0): the judge's categories averaged into each rollout's reward
+    reward_categories: list[str] = field(default_factory=lambda: list(motion.REWARD_CATEGORIES))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +76,9 @@ class SelfForcingConfig(distill.CriticDistillConfig):
             raise ConfigError("method_config.train_window must be >= 1 frame")
         if self.stage not in STAGES:
             raise ConfigError(f"method_config.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        known = (*motion.CATEGORIES, "overall")
+        if not self.reward_categories or not set(self.reward_categories) <= set(known):
+            raise ConfigError(f"method_config.reward_categories must be among {', '.join(known)}, got {self.reward_categories!r}")
         if self.ode_pairs < 1 or self.ode_pair_steps < 1:
             raise ConfigError(
                 f"method_config needs ode_pairs >= 1 and ode_pair_steps >= 1, got {self.ode_pairs} and {self.ode_pair_steps}"
@@ -98,6 +112,7 @@ class SelfForcing(VideoMethod):
         self.ema_roles = ("generator",)
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
+        self.judge = JudgePool(self.args.reward_workers if self.args.reward_beta > 0 else 0)
         self.pairs: PairSet | None = None
         if self.args.stage == "ode_init":
             self.pairs = run_pair_set(
@@ -146,6 +161,12 @@ class SelfForcing(VideoMethod):
             out.append(x0)
         return torch.cat(out, dim=1)
 
+    def rewards(self, clip: torch.Tensor, clips: list) -> torch.Tensor:
+        """(B,) Re-DMD rewards of rolled-out clips (B, T, 3, H, W) in [-1, 1] against their world clips."""
+        frames = to_uint8_frames(clip, motion.RESOLUTION)
+        rewards = self.judge(motion.motion_rewards, frames, clips, tuple(self.args.reward_categories))
+        return torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
+
     def _noise_level(self, b: int, rng: torch.Generator) -> torch.Tensor:
         u = torch.rand(b, generator=rng, device=self.device)
         return self.args.sigma_min + (self.args.sigma_max - self.args.sigma_min) * u
@@ -193,8 +214,13 @@ class SelfForcing(VideoMethod):
                 real = x_t - t.view(-1, 1, 1, 1, 1) * v_real
                 fake = x_t - t.view(-1, 1, 1, 1, 1) * critic(x_t, t * 1000, emb)
                 grad = distill.dmd_gradient(clip.detach(), real, fake)
-            loss = 0.5 * ((clip.float() - (clip - grad).detach().float()) ** 2).mean()
-            return loss, {"loss/dmd": loss.detach()}
+            per_clip = 0.5 * ((clip.float() - (clip - grad).detach().float()) ** 2).mean(dim=(1, 2, 3, 4))
+            if self.args.reward_beta <= 0:
+                loss = per_clip.mean()
+                return loss, {"loss/dmd": loss.detach()}
+            rewards = self.rewards(clip.detach(), batch["clips"])
+            loss = distill.reward_weighted(per_clip, rewards, self.args.reward_beta)
+            return loss, {"loss/dmd": loss.detach(), "reward": rewards.mean()}
         # critic: flow matching on the student's (detached) rollouts
         with torch.no_grad():
             clip = self.rollout(networks["generator"], emb, actions, rng, grad=False)

@@ -1158,3 +1158,42 @@ def frame_scores(frames_uint8: np.ndarray, clips: Sequence[Clip]) -> np.ndarray:
             )
             out[i, t] = hits / len(specs)
     return out
+
+
+def mover_speeds(frames_uint8: np.ndarray, clips: Sequence[Clip]) -> list[tuple[str, float]]:
+    """(stated speed, measured px/frame) for every mover whose caption states a speed: the median |step| on its
+    stated axis between clean sightings, as the `speed` check reads it; nan when fewer than two steps are measurable.
+
+    The `speed` category only says pass or fail; this says which way a model misses (too slow, too fast, static), which
+    is what a distilled student's mode-seeking tends to get wrong (Reward Forcing, sec. 3.3).
+    """
+    _check_video(frames_uint8, clips)
+    out: list[tuple[str, float]] = []
+    for clip, video in zip(clips, frames_uint8):
+        specs = clip.condition.movers
+        views = [_look(f) for f in video]
+        for spec in specs:
+            if not (spec.speed and spec.direction):
+                continue
+            steps = _steps(_track(spec, views, len(specs)), 0 if spec.direction in ("left", "right") else 1)
+            out.append((spec.speed, float(np.median(steps)) if len(steps) >= 2 else float("nan")))
+    return out
+
+
+REWARD_CATEGORIES = ("direction", "speed", "action")  # the motion checks: what a mode-seeking student loses first
+
+
+def motion_rewards(frames_uint8: np.ndarray, clips: Sequence[Clip], categories: Sequence[str] = REWARD_CATEGORIES) -> np.ndarray:
+    """(B,) in [0, 1]: per clip, the mean of the judge's verdicts in `categories` that apply to it (Re-DMD's reward).
+
+    A clip none of them applies to (e.g. only an unstated-speed mover and `("speed",)`) gets its overall score, so
+    every clip is rewarded for what it can be judged on. `categories` may name "overall".
+    """
+    unknown = sorted(set(categories) - {*CATEGORIES, "overall"})
+    if not categories or unknown:
+        raise ValueError(f"reward categories must be among {', '.join((*CATEGORIES, 'overall'))}, got {list(categories)}")
+    per_clip = clip_scores(frames_uint8, clips)
+    picked = np.stack([per_clip[c] for c in categories])  # (categories, B), nan where one does not apply
+    applies = ~np.isnan(picked)
+    means = np.where(applies, picked, 0.0).sum(0) / np.maximum(applies.sum(0), 1)
+    return np.where(applies.any(0), means, per_clip["overall"]).astype(np.float32)

@@ -17,7 +17,7 @@ import random
 import string
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -524,6 +524,12 @@ def matches(detections: list[Detection], condition: Condition, margin: float = 3
             if _relation_holds(Obj("", "", "", a.x, a.y), Obj("", "", "", b.x, b.y), condition.relation, margin):
                 return True
     return False
+
+
+def judge_rewards(images: np.ndarray, conditions: Sequence[Condition]) -> np.ndarray:
+    """(B,) float32: 1 where `matches` accepts the (B, H, W, 3) uint8 image for its condition, else 0 (the reward of
+    reward-weighted DMD; module-level so trainer/judge_pool.py's workers can run it)."""
+    return np.array([matches(detect(img), c) for img, c in zip(images, conditions)], dtype=np.float32)
 
 
 def detect_all(images: np.ndarray | list) -> list[list[Detection]]:
