@@ -9,12 +9,12 @@
 #                                          exports to runs/exports/motion-student-new (id motion-student), logs and
 #                                          metrics to runs/video-new (then `done`); it can run detached (setsid) while
 #                                          a later call, with another tree, trains something else
-#   bash scripts/device_video.sh re-dmd MIN [BETA]   Re-DMD against plain DMD, side by side on the GPU, both continuing
-#                                          the shipped student (the .device/student delta) for MIN minutes: exports in
-#                                          runs/exports/motion-student-{redmd,plain}, logs and metrics in runs/video-redmd
-#                                          (then `done`); run it detached (setsid) and poll for runs/video-redmd/done
+#   bash scripts/device_video.sh arms MIN ["plain redmd regression"]   configs/motion-continue.yaml's arms side by
+#                                          side on the GPU, each continuing the shipped student (the .device/student
+#                                          delta) for MIN minutes: exports in runs/exports/motion-student-ARM, logs and
+#                                          metrics in runs/video-arms (then `done`); run it detached (setsid), poll for done
 #   bash scripts/device_video.sh bench     `bench video --compiled` of the teacher and the shipped student (from the
-#                                          .device/student delta), and of `ode-student`/`re-dmd` exports still on the
+#                                          .device/student delta), and of `ode-student`/`arms` exports still on the
 #                                          machine (W12=1 adds the shipped student at KV window 12)
 # With both video checkpoints the tree outgrows the 64 MiB carry: move the student out of the tree and carry it
 # as a delta (scripts/carry_delta.py pack ... .device/student; unpack it on the device before benchmarking).
@@ -42,18 +42,24 @@ elif [ "$STAGE" = ode-student ]; then  # results in runs/video-new (it may run d
     --export.output_dir=runs/exports/motion-student-new "${@:3}" 2>&1 | grep -v "kept in float32" > $V/student-new.log
   cp runs/motion-self-forcing-ode/metrics.jsonl $V/student-new-metrics.jsonl
   touch $V/done
-elif [ "$STAGE" = re-dmd ]; then  # results in runs/video-redmd (run it detached: it outlives a call)
-  V=runs/video-redmd && rm -rf $V && mkdir -p $V
+elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: it outlives a call)
+  V=runs/video-arms && rm -rf $V && mkdir -p $V
   TEACHER=${TEACHER:-checkpoints/motion-teacher}
   START=runs/exports/motion-student-shipped  # under runs/: a later call's tree cannot take it away
   rm -rf $START && python scripts/carry_delta.py unpack .device/student $TEACHER $START
-  common="--teacher=$TEACHER --init_from=$START --max_minutes=${1:?minutes}"
-  python -m trainer train configs/motion-re-dmd.yaml $common --method_config.reward_beta=${2:-2.0} \
-    2>&1 | grep -v "kept in float32" > $V/redmd.log &
-  python -m trainer train configs/motion-re-dmd.yaml $common --method_config.reward_beta=0 --run_dir=runs/motion-plain-dmd \
-    --export.output_dir=runs/exports/motion-student-plain 2>&1 | grep -v "kept in float32" > $V/plain.log &
+  for arm in ${2:-plain redmd regression}; do
+    case $arm in
+      plain) extra= ;;
+      redmd) extra=--method_config.reward_beta=2.0 ;;
+      regression) extra=--method_config.regression_weight=0.25 ;;
+      *) echo "unknown arm $arm (plain, redmd, regression)"; exit 2 ;;
+    esac
+    python -m trainer train configs/motion-continue.yaml --teacher=$TEACHER --init_from=$START --max_minutes=${1:?minutes} \
+      --run_dir=runs/motion-$arm --export.output_dir=runs/exports/motion-student-$arm $extra \
+      2>&1 | grep -v "kept in float32" > $V/$arm.log &
+  done
   wait
-  cp runs/motion-re-dmd/metrics.jsonl $V/redmd-metrics.jsonl; cp runs/motion-plain-dmd/metrics.jsonl $V/plain-metrics.jsonl
+  for arm in ${2:-plain redmd regression}; do cp runs/motion-$arm/metrics.jsonl $V/$arm-metrics.jsonl; done
   touch $V/done
 elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .device/student delta); a student from
   # `ode-student` still on the machine (runs/exports/motion-student-new) is benched beside them as motion-student-new
@@ -63,7 +69,7 @@ elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .dev
   rm -rf checkpoints/motion-student
   python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student
   MODELS=motion-teacher,motion-student
-  for new in new redmd plain; do
+  for new in new plain redmd regression; do
     [ -d runs/exports/motion-student-$new ] && copy_as runs/exports/motion-student-$new motion-student-$new && MODELS=$MODELS,motion-student-$new
   done
   if [ "${W12:-0}" = 1 ]; then

@@ -1,11 +1,12 @@
-"""How fast do video models move things, against what their captions state (CPU, minutes)?
+"""How fast do video models move things, and how many do they draw, against what their captions state (CPU, minutes)?
 
 `bench video` scores `speed` as pass/fail per clip. A distilled student can fail it by moving too slowly (DMD is
 mode-seeking: Reward Forcing, sec. 3.3, reports distilled students losing motion dynamics), by overshooting, or by
 not moving at all; each calls for a different fix. This samples the same validation clips through each model (the
 teacher as a whole clip, a student streamed chunk by chunk, both at their card's default steps unless `--steps`) and
 prints, per stated speed, the movers' measured median step (the judge's own reading, `motion.mover_speeds`) and how
-many fall static, slow, quick or beyond.
+many fall static, slow, quick or beyond; and, per number of movers the caption names, the median number of objects
+the judge sees in a clip's frames and the share of clips showing fewer or more (`motion.objects_per_frame`).
 
     PYTHONPATH=. python scripts/probe_video_motion.py --models motion-teacher,motion-student --clips 64 [--seed 77]
 """
@@ -43,6 +44,23 @@ def speed_table(readings: list[tuple[str, float]]) -> dict[str, dict]:
         for name, low, high in BANDS:
             row[name] = round(float(((tracked >= low) & (tracked < high)).mean()), 3) if len(tracked) else None
         table[stated] = row
+    return table
+
+
+def count_table(seen: np.ndarray, clips: list) -> dict[str, dict]:
+    """Per number of movers named: clips, the median over clips of their median objects per frame, and the shares of
+    clips whose median is below / above the number named."""
+    medians = np.median(seen, axis=1)
+    named = np.array([len(c.condition.movers) for c in clips])
+    table = {}
+    for k in sorted(set(named.tolist())):
+        m = medians[named == k]
+        table[str(k)] = {
+            "clips": int(len(m)),
+            "median_objects": float(np.median(m)),
+            "fewer": round(float((m < k).mean()), 3),
+            "more": round(float((m > k).mean()), 3),
+        }
     return table
 
 
@@ -86,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             "speed_score": round(judged["speed"], 4) if "speed" in judged else None,  # no clip states a speed
             "overall": round(judged["overall"], 4),
             "by_stated_speed": speed_table(motion.mover_speeds(frames, clips)),
+            "objects_by_movers_named": count_table(motion.objects_per_frame(frames), clips),
         }
         print(f"{name} ({time.perf_counter() - started:.0f} s): {json.dumps(results[name])}", flush=True)
         registry.unload_all()

@@ -47,12 +47,17 @@ class CriticDistillConfig:
     # exp(beta * r) / mean(exp(beta * r)) with r in [0, 1] from the world's judge; 0 = plain DMD
     reward_beta: float = 0.0
     reward_workers: int = 0  # processes judging the rewards (trainer/judge_pool.py); 0: the training process
+    # DMD's regression loss (Yin et al. 2023, sec. 3.3) on a fixed set of teacher ODE samples, against mode collapse;
+    # 0 = off (DMD2); DMD used 0.25. Each method says how its student is pulled towards the pairs.
+    regression_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reward_beta < 0:
             raise ConfigError(f"method_config.reward_beta must be >= 0, got {self.reward_beta}")
         if self.reward_workers < 0:
             raise ConfigError(f"method_config.reward_workers must be >= 0, got {self.reward_workers}")
+        if self.regression_weight < 0:
+            raise ConfigError(f"method_config.regression_weight must be >= 0, got {self.regression_weight}")
         if self.critic_updates < 1:
             raise ConfigError("method_config.critic_updates must be >= 1")
         if not self.student_steps or any(not isinstance(k, int) or k < 1 for k in self.student_steps):

@@ -112,9 +112,30 @@ def test_the_ode_loss_pulls_the_student_to_the_teachers_clips(tiny_video_root, t
     assert values[-1] < 0.7 * values[0], values
 
 
+def test_dmd_stage_with_regression_adds_the_ode_loss_on_the_same_pairs(tiny_video_root, text_encoder, tmp_path):
+    """DMD's regression loss in the Self-Forcing DMD stage: the pair set is made once (as the ODE stage makes it), each
+    student step logs DMD and regression, the loss is their weighted sum, and the card records the pairs."""
+    config = ode_config(tiny_video_root, tmp_path, "reg", "--method_config.stage=dmd", "--method_config.regression_weight=0.5")
+    method = SelfForcing(config, CPU, text_encoder)
+    assert set(method.networks) == {"generator", "critic"} and method.pairs is not None
+    batch = method.data_source()(0, 0, 0)
+    loss, metrics = method.loss("generator", method.networks, batch, torch.Generator().manual_seed(2))
+    assert {"loss/dmd", "loss/regression"} <= set(metrics)
+    assert torch.allclose(loss.detach(), metrics["loss/dmd"] + 0.5 * metrics["loss/regression"])
+    plain = SelfForcing(ode_config(tiny_video_root, tmp_path, "plain", "--method_config.stage=dmd"), CPU, text_encoder)
+    assert plain.pairs is None  # no regression: no pair set to make
+    assert "loss/regression" not in plain.loss("generator", plain.networks, batch, torch.Generator().manual_seed(2))[1]
+
+    train(config, text_encoder=text_encoder)
+    records = [json.loads(line) for line in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/regression" in r for r in records) and any("loss/critic" in r for r in records)
+    assert load_card(tmp_path / "ck" / "reg").data["ode_pairs"]["count"] == 5
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        ("--method_config.regression_weight=-1", "regression_weight must be >= 0"),
         ("--method_config.stage=warmup", "stage must be one of dmd, ode_init"),
         ("--method_config.ode_pairs=0", "ode_pairs >= 1"),
         ("--method_config.ode_pair_steps=0", "ode_pair_steps >= 1"),

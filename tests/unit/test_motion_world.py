@@ -567,3 +567,21 @@ def test_motion_rewards_score_motion_and_fall_back_to_overall(small_set):
         M.motion_rewards(video, clips, ("speed", "sharpness"))
     with pytest.raises(ValueError, match="reward categories"):
         M.motion_rewards(video, clips, ())
+
+
+def test_objects_per_frame_counts_the_named_movers_and_sees_merges(small_set):
+    clips, video = small_set
+    seen = M.objects_per_frame(video)
+    named = np.array([len(c.condition.movers) for c in clips])
+    assert seen.shape == video.shape[:2] and seen.dtype == np.int64
+    assert (np.median(seen, axis=1) == named).all()  # the world draws every mover (overlaps aside)
+    only_first = video.copy()
+    two = [i for i, n in enumerate(named) if n >= 2]
+    background = np.array(S.BACKGROUND, np.uint8)
+    for i in two:  # paint the frames blank but the first mover: one object where the caption names several
+        lone = M.render_clips([replace(clips[i], movers=clips[i].movers[:1])], FRAMES)
+        only_first[i] = M.to_uint8(lone)[0]
+    assert (np.median(M.objects_per_frame(only_first)[two], axis=1) == 1).all()
+    assert (M.objects_per_frame(np.broadcast_to(background, video[:1].shape).copy()) == 0).all()
+    with pytest.raises(ValueError, match="uint8"):
+        M.objects_per_frame(video.astype(np.float32))

@@ -7,6 +7,7 @@ import importlib.util
 import random
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -134,6 +135,12 @@ def test_motion_probe_bands_add_up_and_read_the_worlds_speeds() -> None:
         "beyond": None,
     }
     assert empty["quickly"]["movers"] == 0
+    seen = motion.objects_per_frame(motion.to_uint8(motion.render_clips(clips, 16)))
+    counts = motion_probe.count_table(seen, clips)
+    assert sum(row["clips"] for row in counts.values()) == 12
+    assert all(row["median_objects"] == int(k) and row["fewer"] == 0 for k, row in counts.items())
+    merged = motion_probe.count_table(np.ones_like(seen), clips)  # one object in every frame
+    assert merged["1"]["fewer"] == 0 and all(merged[k]["fewer"] == 1.0 for k in merged if k != "1")
 
 
 def test_motion_probe_samples_each_model_as_the_bench_does(tiny_video_root) -> None:
@@ -146,6 +153,7 @@ def test_motion_probe_samples_each_model_as_the_bench_does(tiny_video_root) -> N
     assert results["tiny-video-student"]["steps"] == 2  # the card's default
     for record in results.values():
         assert 0 <= record["overall"] <= 1 and set(record["by_stated_speed"]) == {"slowly", "quickly"}
+        assert sum(row["clips"] for row in record["objects_by_movers_named"].values()) == 2
     for bad in (["--models", "no-such-model"], ["--models", "tiny-video", "--steps", "0"]):
         with pytest.raises(SystemExit):
             motion_probe.main(["--checkpoints", str(tiny_video_root), *bad])

@@ -53,14 +53,13 @@ from trainer.worlds import shapes
 class DMD2Config(distill.CriticDistillConfig):
     gan_generator_weight: float = 0.0  # 0 turns the GAN head off
     gan_critic_weight: float = 0.0
-    regression_weight: float = 0.0  # DMD's regression loss on teacher ODE pairs; 0 = off (DMD2); DMD used 0.25
     regression_pairs: int = 4096  # pairs in the fixed set (made once, kept in <run_dir>/ode-pairs.safetensors)
     regression_pair_steps: int = 25  # Euler steps of the teacher ODE that makes them, at the real score's CFG
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.gan_generator_weight, self.gan_critic_weight, self.regression_weight) < 0:
-            raise ConfigError("GAN weights and regression_weight must be >= 0")
+        if min(self.gan_generator_weight, self.gan_critic_weight) < 0:
+            raise ConfigError("GAN weights must be >= 0")
         if self.regression_pairs < 1 or self.regression_pair_steps < 1:
             raise ConfigError(
                 f"method_config needs regression_pairs >= 1 and regression_pair_steps >= 1, got "

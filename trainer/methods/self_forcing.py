@@ -30,6 +30,12 @@ pace against the teacher's clips; `scripts/probe_video_motion.py`). With `reward
 weighted by exp(beta * r) / mean(exp(beta * r)), r = the motion world's judge on the rollout (the mean of its
 `reward_categories` verdicts, `motion.motion_rewards`), judged in `reward_workers` processes. The paper rates
 dynamics with a vision-language model; our judge reads the stated direction and speed directly.
+
+DMD's regression loss (`regression_weight` > 0; Yin et al. 2023, sec. 3.3) against mode collapse: every student
+step in the DMD stage also takes the ODE stage's loss on the fixed teacher clips (the same pair set, made once).
+Why: both shipped Self-Forcing students draw one object where captions name two or three (95-100 % of such
+validation clips; the teacher draws them), merging the others' attributes into it: DMD's mode seeking, with no
+pull towards the teacher's actual samples.
 """
 
 from __future__ import annotations
@@ -63,8 +69,8 @@ class SelfForcingConfig(distill.CriticDistillConfig):
     # into the EMA sink as endless streams do (with the served window, 16 frames would never evict)
     train_window: int = 8
     stage: str = "dmd"  # dmd: Self-Forcing proper | ode_init: regress the teacher's ODE clips first (see above)
-    ode_pairs: int = 2048  # ode_init: teacher clips in the fixed set (<run_dir>/ode-pairs.safetensors)
-    ode_pair_steps: int = 16  # ode_init: Euler steps of the teacher's whole-clip ODE, at the real score's CFG
+    ode_pairs: int = 2048  # ode_init / regression: teacher clips in the fixed set (<run_dir>/ode-pairs.safetensors)
+    ode_pair_steps: int = 16  # ode_init / regression: Euler steps of the teacher's whole-clip ODE, at the real score's CFG
     # Re-DMD (reward_beta > 0): the judge's categories averaged into each rollout's reward
     reward_categories: list[str] = field(default_factory=lambda: list(motion.REWARD_CATEGORIES))
 
@@ -114,7 +120,7 @@ class SelfForcing(VideoMethod):
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
         self.judge = JudgePool(self.args.reward_workers if self.args.reward_beta > 0 else 0)
         self.pairs: PairSet | None = None
-        if self.args.stage == "ode_init":
+        if self.args.stage == "ode_init" or self.args.regression_weight > 0:
             self.pairs = run_pair_set(
                 config,
                 self.teacher,
@@ -215,12 +221,19 @@ class SelfForcing(VideoMethod):
                 fake = x_t - t.view(-1, 1, 1, 1, 1) * critic(x_t, t * 1000, emb)
                 grad = distill.dmd_gradient(clip.detach(), real, fake)
             per_clip = 0.5 * ((clip.float() - (clip - grad).detach().float()) ** 2).mean(dim=(1, 2, 3, 4))
-            if self.args.reward_beta <= 0:
-                loss = per_clip.mean()
-                return loss, {"loss/dmd": loss.detach()}
-            rewards = self.rewards(clip.detach(), batch["clips"])
-            loss = distill.reward_weighted(per_clip, rewards, self.args.reward_beta)
-            return loss, {"loss/dmd": loss.detach(), "reward": rewards.mean()}
+            metrics = {}
+            if self.args.reward_beta > 0:
+                rewards = self.rewards(clip.detach(), batch["clips"])
+                dmd = distill.reward_weighted(per_clip, rewards, self.args.reward_beta)
+                metrics["reward"] = rewards.mean()
+            else:
+                dmd = per_clip.mean()
+            metrics["loss/dmd"], loss = dmd.detach(), dmd
+            if self.pairs is not None:  # DMD's regression loss: the ODE stage's walk of the teacher's clips, as a term
+                regression = self.ode_loss(networks["generator"], b, rng)
+                loss = loss + self.args.regression_weight * regression
+                metrics["loss/regression"] = regression.detach()
+            return loss, metrics
         # critic: flow matching on the student's (detached) rollouts
         with torch.no_grad():
             clip = self.rollout(networks["generator"], emb, actions, rng, grad=False)

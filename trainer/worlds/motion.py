@@ -1180,6 +1180,14 @@ def mover_speeds(frames_uint8: np.ndarray, clips: Sequence[Clip]) -> list[tuple[
     return out
 
 
+def objects_per_frame(frames_uint8: np.ndarray) -> np.ndarray:
+    """(B, T) int: objects the judge sees in each frame (a blob of several colours counts one per colour), to compare
+    with how many movers the caption names: a student that merges movers into one shows up here first."""
+    if frames_uint8.ndim != 5 or frames_uint8.shape[-1] != 3 or frames_uint8.dtype != np.uint8:
+        raise ValueError(f"expected (B, T, H, W, 3) uint8 frames, got {frames_uint8.shape} {frames_uint8.dtype}")
+    return np.array([[_look(f).objects for f in video] for video in frames_uint8], dtype=np.int64).reshape(frames_uint8.shape[:2])
+
+
 REWARD_CATEGORIES = ("direction", "speed", "action")  # the motion checks: what a mode-seeking student loses first
 
 
