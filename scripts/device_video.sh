@@ -9,10 +9,11 @@
 #                                          exports to runs/exports/motion-student-new (id motion-student), logs and
 #                                          metrics to runs/video-new (then `done`); it can run detached (setsid) while
 #                                          a later call, with another tree, trains something else
-#   bash scripts/device_video.sh arms MIN ["plain redmd regression"]   configs/motion-continue.yaml's arms side by
-#                                          side on the GPU, each continuing the shipped student (the .device/student
-#                                          delta) for MIN minutes: exports in runs/exports/motion-student-ARM, logs and
-#                                          metrics in runs/video-arms (then `done`); run it detached (setsid), poll for done
+#   bash scripts/device_video.sh arms MIN ["plain redmd regression fresh"]   configs/motion-continue.yaml's arms side
+#                                          by side (one GPU each where there are several), each continuing the shipped
+#                                          student (the .device/student delta; `fresh`: the teacher) for MIN minutes:
+#                                          exports in runs/exports/motion-student-ARM, logs and metrics in runs/video-arms
+#                                          (then `done`); run it detached (setsid) and poll for done
 #   bash scripts/device_video.sh bench     `bench video --compiled` of the teacher and the shipped student (from the
 #                                          .device/student delta), and of `ode-student`/`arms` exports still on the
 #                                          machine (W12=1 adds the shipped student at KV window 12)
@@ -47,19 +48,24 @@ elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: i
   TEACHER=${TEACHER:-checkpoints/motion-teacher}
   START=runs/exports/motion-student-shipped  # under runs/: a later call's tree cannot take it away
   rm -rf $START && python scripts/carry_delta.py unpack .device/student $TEACHER $START
-  for arm in ${2:-plain redmd regression}; do
+  ARMS=${2:-plain redmd regression fresh}
+  GPUS=$(nvidia-smi -L | wc -l)  # several GPUs: one arm each (round robin); one: they share it
+  i=0
+  for arm in $ARMS; do
     case $arm in
       plain) extra= ;;
       redmd) extra=--method_config.reward_beta=2.0 ;;
       regression) extra=--method_config.regression_weight=0.25 ;;
-      *) echo "unknown arm $arm (plain, redmd, regression)"; exit 2 ;;
+      fresh) extra="--method_config.regression_weight=0.25 --init_from=$TEACHER" ;;  # DMD + regression from the teacher
+      *) echo "unknown arm $arm (plain, redmd, regression, fresh)"; exit 2 ;;
     esac
-    python -m trainer train configs/motion-continue.yaml --teacher=$TEACHER --init_from=$START --max_minutes=${1:?minutes} \
-      --run_dir=runs/motion-$arm --export.output_dir=runs/exports/motion-student-$arm $extra \
+    CUDA_VISIBLE_DEVICES=$((i % GPUS)) python -m trainer train configs/motion-continue.yaml --teacher=$TEACHER --init_from=$START \
+      --max_minutes=${1:?minutes} --run_dir=runs/motion-$arm --export.output_dir=runs/exports/motion-student-$arm $extra \
       2>&1 | grep -v "kept in float32" > $V/$arm.log &
+    i=$((i + 1))
   done
   wait
-  for arm in ${2:-plain redmd regression}; do cp runs/motion-$arm/metrics.jsonl $V/$arm-metrics.jsonl; done
+  for arm in $ARMS; do cp runs/motion-$arm/metrics.jsonl $V/$arm-metrics.jsonl; done
   touch $V/done
 elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .device/student delta); a student from
   # `ode-student` still on the machine (runs/exports/motion-student-new) is benched beside them as motion-student-new
@@ -69,7 +75,7 @@ elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .dev
   rm -rf checkpoints/motion-student
   python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student
   MODELS=motion-teacher,motion-student
-  for new in new plain redmd regression; do
+  for new in new plain redmd regression fresh; do
     [ -d runs/exports/motion-student-$new ] && copy_as runs/exports/motion-student-$new motion-student-$new && MODELS=$MODELS,motion-student-$new
   done
   if [ "${W12:-0}" = 1 ]; then

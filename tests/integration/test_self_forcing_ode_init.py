@@ -170,3 +170,27 @@ def test_ode_init_lr_probe_reads_the_fixed_batch_loss_as_the_student_trains(tiny
     for bad in (["--steps", "2"], ["--held-out", "-1"]):
         with pytest.raises(SystemExit):
             probe.main([*args, *bad])
+
+
+def test_regression_weight_probe_reads_the_video_students_two_pulls(tiny_video_root, tmp_path):
+    """scripts/probe_regression_weight.py on Self-Forcing: DMD's and the regression's gradient norms from the same
+    draws; a method without a regression term is refused before anything is built."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("probe_regression_weight", REPO / "scripts" / "probe_regression_weight.py")
+    probe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = probe  # its dataclass looks the module up while it loads
+    spec.loader.exec_module(probe)
+    teacher = str(tiny_video_root / "tiny-video")
+    args = ["--config", CONFIG, "--teacher", teacher, "--init-from", teacher, "--run-dir", str(tmp_path / "probe")]
+    args += ["--pairs", "3", "--batch", "2", "--draws", "2", "--set", "method_config.ode_pair_steps=2"]
+    first, second = probe.main(args)
+    for pull in (first, second):
+        assert pull.dmd_norm > 0 and pull.regression_norm > 0 and -1 <= pull.cosine <= 1
+    assert first != second  # two draws
+    assert probe.main(args)[0] == first  # the same draw: the same numbers (pairs reused from the run dir)
+    with pytest.raises(SystemExit):
+        probe.main(["--config", str(REPO / "configs" / "tiny-video-cpu.yaml"), "--run-dir", str(tmp_path / "no")])
+    with pytest.raises(SystemExit):
+        probe.main([*args, "--pairs", "0"])
