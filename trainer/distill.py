@@ -43,6 +43,9 @@ class CriticDistillConfig:
     student_steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # step counts one checkpoint serves
     sigma_min: float = 0.02  # noise levels where the two scores are compared
     sigma_max: float = 0.98
+    # > 1 spends more of them at high noise, where layout and object count are decided: sigma = s u / (1 + (s - 1) u)
+    # for u uniform in [sigma_min, sigma_max] (SD3's timestep shift, as flow-matching teachers train); 1 = uniform
+    sigma_shift: float = 1.0
     # Reward-weighted DMD (Re-DMD, Reward Forcing sec. 3.3; Stream-R1): each sample's DMD loss is weighted by
     # exp(beta * r) / mean(exp(beta * r)) with r in [0, 1] from the world's judge; 0 = plain DMD
     reward_beta: float = 0.0
@@ -56,6 +59,8 @@ class CriticDistillConfig:
             raise ConfigError(f"method_config.reward_beta must be >= 0, got {self.reward_beta}")
         if self.reward_workers < 0:
             raise ConfigError(f"method_config.reward_workers must be >= 0, got {self.reward_workers}")
+        if self.sigma_shift <= 0:
+            raise ConfigError(f"method_config.sigma_shift must be > 0, got {self.sigma_shift}")
         if self.regression_weight < 0:
             raise ConfigError(f"method_config.regression_weight must be >= 0, got {self.regression_weight}")
         if self.critic_updates < 1:
@@ -118,6 +123,12 @@ def guided_x0(
     """The teacher's classifier-free-guided clean-image estimate (the DMD 'real score')."""
     v = guided_velocity(model, x, sigma, cond, null, guidance)
     return x - sigma.view(-1, *([1] * (x.dim() - 1))) * v
+
+
+def dmd_noise_level(args: CriticDistillConfig, b: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(b,) noise levels where DMD compares the real and fake scores: uniform in [sigma_min, sigma_max], then shifted."""
+    u = args.sigma_min + (args.sigma_max - args.sigma_min) * torch.rand(b, generator=rng, device=device)
+    return args.sigma_shift * u / (1 + (args.sigma_shift - 1) * u)
 
 
 def dmd_gradient(x0: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

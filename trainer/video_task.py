@@ -161,7 +161,8 @@ class VideoMethod(ExportedMethod):
     def evaluate(self, network) -> dict[str, float]:
         clips = motion.eval_clips(self.config.eval_prompts, self.frames, interactive=False)
         clips += motion.eval_clips(max(1, self.config.eval_prompts // 4), self.frames, seed=2025, interactive=True)
-        return motion.judge_clips(to_uint8_frames(self._generate(network, clips), motion.RESOLUTION), clips)
+        frames = to_uint8_frames(self._generate(network, clips), motion.RESOLUTION)
+        return motion.judge_clips(frames, clips) | {"objects_vs_named": motion.objects_vs_named(frames, clips)}
 
     def diversity(self, network) -> float:
         from trainer.guard import diversity

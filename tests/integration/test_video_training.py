@@ -365,6 +365,8 @@ def test_re_dmd_weights_rollouts_by_the_motion_judge(tiny_video_root, tmp_path, 
     rewards = [r["reward"] for r in records if "reward" in r]
     assert rewards and all(0.0 <= r <= 1.0 for r in rewards)
     assert all(math.isfinite(r["loss/dmd"]) for r in records if "loss/dmd" in r)
+    evaluation = next(r for r in records if "eval/overall" in r)
+    assert evaluation["eval/objects_vs_named"] >= 0  # the training evaluation shows dropped movers too
 
 
 def test_re_dmd_settings_are_checked(tiny_video_root, tmp_path) -> None:

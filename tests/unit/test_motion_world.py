@@ -582,6 +582,9 @@ def test_objects_per_frame_counts_the_named_movers_and_sees_merges(small_set):
         lone = M.render_clips([replace(clips[i], movers=clips[i].movers[:1])], FRAMES)
         only_first[i] = M.to_uint8(lone)[0]
     assert (np.median(M.objects_per_frame(only_first)[two], axis=1) == 1).all()
+    assert M.objects_vs_named(video, clips) == 1.0
+    expected = np.mean([1 / n if i in two else 1.0 for i, n in enumerate(named)])
+    assert M.objects_vs_named(only_first, clips) == pytest.approx(expected) and expected < 0.9
     assert (M.objects_per_frame(np.broadcast_to(background, video[:1].shape).copy()) == 0).all()
     with pytest.raises(ValueError, match="uint8"):
         M.objects_per_frame(video.astype(np.float32))

@@ -169,10 +169,6 @@ class DMD2(DistillationMethod):
         pairs = self.pairs.batch(self.pairs.draw(b, rng), self.device)
         return pairs["noise"], self.text_encoder.encode_tokens(pairs["tokens"]), pairs["samples"]
 
-    def _noise_level(self, b: int, rng: torch.Generator) -> torch.Tensor:
-        u = torch.rand(b, generator=rng, device=self.device)
-        return self.args.sigma_min + (self.args.sigma_max - self.args.sigma_min) * u
-
     def loss(self, phase: str, networks: dict, batch: dict, rng: torch.Generator):
         emb = self.text_encoder.encode_tokens(batch["tokens"])
         b, r = emb.states.shape[0], self.resolution
@@ -188,7 +184,7 @@ class DMD2(DistillationMethod):
                 inputs, sigmas = torch.cat([x, z]), torch.cat([sigma, torch.ones_like(sigma)])
                 both = distill.predict_x0(generator, inputs, sigmas, TextEmbedding.cat(emb, pair_emb))
                 x0, one_step = both[:b], both[b:]
-            t = self._noise_level(b, rng)
+            t = distill.dmd_noise_level(self.args, b, rng, self.device)
             noise = torch.randn(shape, generator=rng, device=self.device)
             x_t = distill.add_noise(x0, noise, t)
             with torch.no_grad():
@@ -226,7 +222,7 @@ class DMD2(DistillationMethod):
         loss = flow_matching_loss(v, x0, noise)
         metrics = {"loss/critic": loss.detach()}
         if self.args.gan_critic_weight > 0:
-            t = self._noise_level(b, rng)
+            t = distill.dmd_noise_level(self.args, b, rng, self.device)
             real = render_batch(batch, r, self.device)
             both = torch.cat([real, x0])
             t2, noise2 = torch.cat([t, t]), torch.randn(both.shape, generator=rng, device=self.device)

@@ -173,10 +173,6 @@ class SelfForcing(VideoMethod):
         rewards = self.judge(motion.motion_rewards, frames, clips, tuple(self.args.reward_categories))
         return torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
 
-    def _noise_level(self, b: int, rng: torch.Generator) -> torch.Tensor:
-        u = torch.rand(b, generator=rng, device=self.device)
-        return self.args.sigma_min + (self.args.sigma_max - self.args.sigma_min) * u
-
     def ode_loss(self, generator_net, b: int, rng: torch.Generator) -> torch.Tensor:
         """Stage ode_init: b teacher clips walked chunk by chunk with the teacher's frames in the cache; each
         chunk regresses its frames from one random step of a random k-step sampler (0.5 mean squared error)."""
@@ -211,7 +207,7 @@ class SelfForcing(VideoMethod):
         critic = clip_velocity(networks["critic"], actions, causal=False)
         if phase == "generator":
             clip = self.rollout(networks["generator"], emb, actions, rng, grad=True)
-            t = self._noise_level(b, rng)
+            t = distill.dmd_noise_level(self.args, b, rng, self.device)
             x_t = distill.add_noise(clip.detach(), torch.randn(clip.shape, generator=rng, device=self.device), t)
             with torch.no_grad():
                 null = self.text_encoder.null(b)

@@ -1188,6 +1188,15 @@ def objects_per_frame(frames_uint8: np.ndarray) -> np.ndarray:
     return np.array([[_look(f).objects for f in video] for video in frames_uint8], dtype=np.int64).reshape(frames_uint8.shape[:2])
 
 
+def objects_vs_named(frames_uint8: np.ndarray, clips: Sequence[Clip]) -> float:
+    """Mean over clips of (median objects seen per frame) / (movers the caption names): 1 for the world's own clips,
+    below 1 for a model that drops or merges movers (the shipped Self-Forcing students drew one where captions named
+    two or three), above 1 for one that draws extra pieces."""
+    _check_video(frames_uint8, clips)
+    seen = np.median(objects_per_frame(frames_uint8), axis=1)
+    return float(np.mean(seen / np.array([len(c.condition.movers) for c in clips])))
+
+
 REWARD_CATEGORIES = ("direction", "speed", "action")  # the motion checks: what a mode-seeking student loses first
 
 

@@ -1,10 +1,12 @@
-"""JudgePool splits a batch over worker processes and gives back the in-process answer, in order."""
+"""What DMD-family students share beyond the loop: reward judging in worker processes (JudgePool gives back the
+in-process answer, in order), Re-DMD's weighting, and the noise levels where the two scores are compared."""
 
 import numpy as np
 import pytest
 import torch
 
-from trainer.distill import reward_weighted
+from trainer.config import ConfigError
+from trainer.distill import CriticDistillConfig, dmd_noise_level, reward_weighted
 from trainer.judge_pool import JudgePool
 from trainer.worlds import motion, shapes
 
@@ -57,3 +59,17 @@ def test_reward_weighting_keeps_the_scale_and_favours_rewarded_samples() -> None
     assert towards_big == pytest.approx((2 * 1 + 2 * 3 * w) / (2 + 2 * w))
     with pytest.raises(ValueError, match="one reward per sample"):
         reward_weighted(losses, torch.zeros(3), 1.0)
+
+
+def test_dmd_noise_levels_are_uniform_by_default_and_shift_towards_noise() -> None:
+    def draw(**kw) -> torch.Tensor:
+        return dmd_noise_level(CriticDistillConfig(**kw), 4096, torch.Generator().manual_seed(0), torch.device("cpu"))
+
+    plain = draw()
+    assert 0.02 <= plain.min() and plain.max() <= 0.98 and abs(plain.median().item() - 0.5) < 0.03
+    u = 0.02 + 0.96 * torch.rand(4096, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, u)  # shift 1: exactly the uniform draw (resumed runs of older configs repeat)
+    shifted = draw(sigma_shift=3.0)
+    assert torch.allclose(shifted, 3 * u / (1 + 2 * u)) and shifted.median() > 0.7 and shifted.max() <= 0.9934
+    with pytest.raises(ConfigError, match="sigma_shift must be > 0"):
+        CriticDistillConfig(sigma_shift=0.0)
