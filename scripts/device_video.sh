@@ -49,7 +49,8 @@ elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: i
   START=runs/exports/motion-student-shipped  # under runs/: a later call's tree cannot take it away
   rm -rf $START && python scripts/carry_delta.py unpack .device/student $TEACHER $START
   ARMS=${2:-plain redmd regression fresh}
-  GPUS=$(nvidia-smi -L | wc -l)  # several GPUs: one arm each (round robin); one: they share it
+  GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)  # several GPUs: one arm each (round robin); one: they share it
+  [ "$GPUS" -ge 1 ] || GPUS=1
   i=0
   for arm in $ARMS; do
     case $arm in

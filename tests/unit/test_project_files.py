@@ -49,3 +49,17 @@ def test_dockerfile_essentials():
     assert re.search(r"^EXPOSE 7860$", docker, re.M)
     assert re.search(r'^CMD \["python", "app.py"', docker, re.M)
     assert docker.index("USER") < docker.index("CMD")
+
+
+def test_device_scripts_parse_and_name_configs_that_exist():
+    """The GPU-lease scripts run only on a lent machine, where a typo costs device time: each must parse, and every
+    config or script it names must be in the tree."""
+    import subprocess
+
+    scripts = sorted((ROOT / "scripts").glob("*.sh"))
+    assert len(scripts) >= 5
+    for script in scripts:
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, (script.name, check.stderr)
+        for named in re.findall(r"(?:configs|scripts)/[\w.-]+\.(?:yaml|py|sh)", script.read_text()):
+            assert (ROOT / named).is_file(), (script.name, named)
