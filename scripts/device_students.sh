@@ -16,7 +16,7 @@ VARIANTS=(
   "shapes-dmd2=shapes-dmd2"
   "shapes-dmd2-gan=shapes-dmd2 --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
   "shapes-dmd2-gan-strong=shapes-dmd2 --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.1"
-  "shapes-dmd2-reward=shapes-dmd2 --method_config.reward_beta=2"
+  "shapes-dmd2-reward=shapes-dmd2 --method_config.reward_beta=2 --method_config.reward_workers=4"
   "shapes-scm=shapes-scm"
   # session 11: one-step specialists fine-tuned from the shipped student (its 1-step eval was flat at
   # 0.61-0.63 over its last 650 steps of 1/2/4-step training), with and without the GAN head
