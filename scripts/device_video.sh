@@ -9,7 +9,7 @@
 #                                          exports to runs/exports/motion-student-new (id motion-student), logs and
 #                                          metrics to runs/video-new (then `done`); it can run detached (setsid) while
 #                                          a later call, with another tree, trains something else
-#   bash scripts/device_video.sh arms MIN ["plain redmd regression fresh"]   configs/motion-continue.yaml's arms side
+#   bash scripts/device_video.sh arms MIN ["plain redmd regression1 fresh"]   configs/motion-continue.yaml's arms side
 #                                          by side (one GPU each where there are several), each continuing the shipped
 #                                          student (the .device/student delta; `fresh`: the teacher) for MIN minutes:
 #                                          exports in runs/exports/motion-student-ARM, logs and metrics in runs/video-arms
@@ -48,7 +48,7 @@ elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: i
   TEACHER=${TEACHER:-checkpoints/motion-teacher}
   START=runs/exports/motion-student-shipped  # under runs/: a later call's tree cannot take it away
   rm -rf $START && python scripts/carry_delta.py unpack .device/student $TEACHER $START
-  ARMS=${2:-plain redmd regression fresh}
+  ARMS=${2:-plain redmd regression1 fresh}
   GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)  # several GPUs: one arm each (round robin); one: they share it
   [ "$GPUS" -ge 1 ] || GPUS=1
   i=0
@@ -57,8 +57,9 @@ elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: i
       plain) extra= ;;
       redmd) extra=--method_config.reward_beta=2.0 ;;
       regression) extra=--method_config.regression_weight=0.25 ;;
+      regression1) extra=--method_config.regression_weight=1.0 ;;  # 0.25 moved nothing in 40 CPU steps (motion-speed-cpu/)
       fresh) extra="--method_config.regression_weight=0.25 --init_from=$TEACHER" ;;  # DMD + regression from the teacher
-      *) echo "unknown arm $arm (plain, redmd, regression, fresh)"; exit 2 ;;
+      *) echo "unknown arm $arm (plain, redmd, regression, regression1, fresh)"; exit 2 ;;
     esac
     CUDA_VISIBLE_DEVICES=$((i % GPUS)) python -m trainer train configs/motion-continue.yaml --teacher=$TEACHER --init_from=$START \
       --max_minutes=${1:?minutes} --run_dir=runs/motion-$arm --export.output_dir=runs/exports/motion-student-$arm $extra \
@@ -76,7 +77,7 @@ elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .dev
   rm -rf checkpoints/motion-student
   python scripts/carry_delta.py unpack .device/student checkpoints/motion-teacher checkpoints/motion-student
   MODELS=motion-teacher,motion-student
-  for new in new plain redmd regression fresh; do
+  for new in new plain redmd regression regression1 fresh; do
     [ -d runs/exports/motion-student-$new ] && copy_as runs/exports/motion-student-$new motion-student-$new && MODELS=$MODELS,motion-student-$new
   done
   if [ "${W12:-0}" = 1 ]; then
