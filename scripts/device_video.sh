@@ -63,7 +63,7 @@ elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: i
     esac
     CUDA_VISIBLE_DEVICES=$((i % GPUS)) python -m trainer train configs/motion-continue.yaml --teacher=$TEACHER --init_from=$START \
       --max_minutes=${1:?minutes} --run_dir=runs/motion-$arm --export.output_dir=runs/exports/motion-student-$arm $extra \
-      2>&1 | grep -v "kept in float32" > $V/$arm.log &
+      2>&1 | grep --line-buffered -v "kept in float32" > $V/$arm.log &  # line-buffered: a killed call keeps its log
     i=$((i + 1))
   done
   wait
