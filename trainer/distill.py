@@ -140,9 +140,11 @@ def dmd_gradient(x0: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> to
     return torch.nan_to_num((fake - real) / scale)
 
 
-def reward_weighted(per_sample: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+def reward_weighted(per_sample: torch.Tensor, rewards: torch.Tensor | None, beta: float) -> torch.Tensor:
     """Re-DMD's weighting: per-sample losses times exp(beta * r) / mean(exp(beta * r)). The weights average 1, so
-    beta moves the loss towards the judge's favourites without changing its scale (beta 0: plain mean)."""
+    beta moves the loss towards the judge's favourites without changing its scale (beta 0 or no rewards: plain mean)."""
+    if rewards is None:
+        return per_sample.mean()
     if per_sample.shape != rewards.shape:
         raise ValueError(f"one reward per sample: losses {tuple(per_sample.shape)}, rewards {tuple(rewards.shape)}")
     weights = torch.exp(beta * rewards.to(per_sample))

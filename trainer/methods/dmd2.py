@@ -195,12 +195,8 @@ class DMD2(DistillationMethod):
                 grad = distill.dmd_gradient(x0.detach(), real, fake)
                 rewards = self._rewards(x0.detach(), batch["conditions"]) if self.args.reward_beta > 0 else None
             per_sample = 0.5 * ((x0.float() - (x0 - grad).detach().float()) ** 2).mean(dim=(1, 2, 3))
-            metrics = {}
-            if rewards is not None:
-                dmd = distill.reward_weighted(per_sample, rewards, self.args.reward_beta)
-                metrics["reward"] = rewards.mean()
-            else:
-                dmd = per_sample.mean()
+            dmd = distill.reward_weighted(per_sample, rewards, self.args.reward_beta)
+            metrics = {} if rewards is None else {"reward": rewards.mean()}
             loss = dmd
             metrics["loss/dmd"] = dmd.detach()
             if self.args.gan_generator_weight > 0:

@@ -217,14 +217,10 @@ class SelfForcing(VideoMethod):
                 fake = x_t - t.view(-1, 1, 1, 1, 1) * critic(x_t, t * 1000, emb)
                 grad = distill.dmd_gradient(clip.detach(), real, fake)
             per_clip = 0.5 * ((clip.float() - (clip - grad).detach().float()) ** 2).mean(dim=(1, 2, 3, 4))
-            metrics = {}
-            if self.args.reward_beta > 0:
-                rewards = self.rewards(clip.detach(), batch["clips"])
-                dmd = distill.reward_weighted(per_clip, rewards, self.args.reward_beta)
-                metrics["reward"] = rewards.mean()
-            else:
-                dmd = per_clip.mean()
-            metrics["loss/dmd"], loss = dmd.detach(), dmd
+            rewards = self.rewards(clip.detach(), batch["clips"]) if self.args.reward_beta > 0 else None
+            dmd = distill.reward_weighted(per_clip, rewards, self.args.reward_beta)
+            metrics = {"loss/dmd": dmd.detach()} | ({} if rewards is None else {"reward": rewards.mean()})
+            loss = dmd
             if self.pairs is not None:  # DMD's regression loss: the ODE stage's walk of the teacher's clips, as a term
                 regression = self.ode_loss(networks["generator"], b, rng)
                 loss = loss + self.args.regression_weight * regression
