@@ -59,6 +59,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "later file's row replaces an earlier one's of the same model and setting) and summarise them as one run",
     )
     args = parser.parse_args(argv)
+    # the summary reads the streamer's drift from the long clips, so a run needs at least one of each
+    for flag, least in (("clips", 1), ("long_clips", 1), ("stream_frames", 0), ("repeats", 0), ("batch", 0)):
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag.replace('_', '-')} must be at least {least}, got {getattr(args, flag)}")
     # every step count becomes a VideoRequest: refuse a bad one now, not after the models before it have run
     for flag in ("teacher_steps", "student_steps", "teacher_stream_steps", "schedules"):
         for item in filter(None, getattr(args, flag).split(",")):

@@ -260,6 +260,10 @@ def test_bench_video_combines_runs_cut_short_into_one_summary(tiny_video_root, t
         ("--student-steps=1,x", "--student-steps 'x': invalid literal"),
         ("--teacher-steps=4-2", "--teacher-steps '4-2': invalid literal"),  # a schedule where one count belongs
         ("--schedules=4-0", "--schedules '4-0': schedule steps must be from 1 to 16, got 0"),
+        # --long-clips 0 crashed in torch.cat after the first model's quality rows (the summary needs the drift)
+        ("--long-clips=0", "--long-clips must be at least 1, got 0"),
+        ("--clips=0", "--clips must be at least 1, got 0"),
+        ("--batch=-2", "--batch must be at least 0, got -2"),
     ],
 )
 def test_bench_video_refuses_bad_step_counts_before_running_anything(flag, message, capsys) -> None:
