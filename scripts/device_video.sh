@@ -14,6 +14,7 @@
 #                                          student (the .device/student delta; `fresh`: the teacher) for MIN minutes:
 #                                          exports in runs/exports/motion-student-ARM, logs and metrics in runs/video-arms
 #                                          (then `done`); run it detached (setsid) and poll for done
+#                                          (ARM_ARGS: overrides for every arm, e.g. --num_workers=3 on a shared GPU)
 #   bash scripts/device_video.sh bench     `bench video --compiled` of the teacher and the shipped student (from the
 #                                          .device/student delta), and of `ode-student`/`arms` exports still on the
 #                                          machine (W12=1 adds the shipped student at KV window 12)
@@ -62,7 +63,7 @@ elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: i
       *) echo "unknown arm $arm (plain, redmd, regression, regression1, fresh)"; exit 2 ;;
     esac
     CUDA_VISIBLE_DEVICES=$((i % GPUS)) python -m trainer train configs/motion-continue.yaml --teacher=$TEACHER --init_from=$START \
-      --max_minutes=${1:?minutes} --run_dir=runs/motion-$arm --export.output_dir=runs/exports/motion-student-$arm $extra \
+      --max_minutes=${1:?minutes} --run_dir=runs/motion-$arm --export.output_dir=runs/exports/motion-student-$arm $extra ${ARM_ARGS:-} \
       2>&1 | grep --line-buffered -v "kept in float32" > $V/$arm.log &  # line-buffered: a killed call keeps its log
     i=$((i + 1))
   done
