@@ -15,6 +15,11 @@
 #                                          exports in runs/exports/motion-student-ARM, logs and metrics in runs/video-arms
 #                                          (then `done`); run it detached (setsid) and poll for done
 #                                          (ARM_ARGS: overrides for every arm, e.g. --num_workers=3 on a shared GPU)
+#   bash scripts/device_video.sh arms-fetch   waits for `arms` (WAIT_SECONDS), returns each export as a delta against
+#                                          the teacher (arm-ARM.tar) and the logs. GPU memory (H100, session 16): plain
+#                                          ~14 GB, a regression arm ~19 GB at batch 32; a teacher stage variant (batch
+#                                          256) 18-29 GB and a DMD2 student with regression 13-30 GB, so on one 80 GB
+#                                          card the three arms leave no room for the image runs (they died of OOM)
 #   bash scripts/device_video.sh bench     `bench video --compiled` of the teacher and the shipped student (from the
 #                                          .device/student delta), and of `ode-student`/`arms` exports still on the
 #                                          machine (W12=1 adds the shipped student at KV window 12)
@@ -73,6 +78,20 @@ elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: i
   wait
   for arm in $ARMS; do cp runs/motion-$arm/metrics.jsonl $V/$arm-metrics.jsonl; done
   touch $V/done
+elif [ "$STAGE" = arms-fetch ]; then  # waits up to WAIT_SECONDS (default 540) for `arms`, then returns each arm's
+  # export as a delta against the teacher (~13 MB, one $OUT file each) and the logs; unpack here with
+  #   python scripts/carry_delta.py unpack delta-ARM checkpoints/motion-teacher runs/motion-student-ARM
+  V=runs/video-arms TEACHER=${TEACHER:-checkpoints/motion-teacher}
+  for i in $(seq ${WAIT_SECONDS:-540}); do [ -f $V/done ] && break; sleep 1; done
+  [ -f $V/done ] || echo "arms still running after ${WAIT_SECONDS:-540} s: returning what has exported"
+  for log in $V/*.log; do echo "== $log"; grep -E "^eval|budget|Error" $log | tail -n 3; done
+  for export in runs/exports/motion-student-*; do
+    arm=${export#runs/exports/motion-student-}
+    [ "$arm" = shipped ] || [ ! -f $export/card.json ] && continue
+    rm -rf runs/delta-$arm && python scripts/carry_delta.py pack $export $TEACHER runs/delta-$arm > /dev/null \
+      && tar cf $OUT/arm-$arm.tar -C runs delta-$arm
+  done
+  tar cf $OUT/arms-logs.tar -C $V .
 elif [ "$STAGE" = bench ]; then  # the teacher and the shipped student (the .device/student delta); a student from
   # `ode-student` still on the machine (runs/exports/motion-student-new) is benched beside them as motion-student-new
   copy_as() {  # SOURCE ID: a copy of a checkpoint under checkpoints/ID, its card renamed so the registry tells them apart
