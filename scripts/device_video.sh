@@ -27,9 +27,6 @@
 # as a delta (scripts/carry_delta.py pack ... .device/student; unpack it on the device before benchmarking).
 source scripts/device_env.sh
 export PYTHONPATH=.
-# several trainings side by side: without a cap each process's torch takes every core, and the judge's many small
-# CPU ops at the final evaluation crawl (session 16: three arms passed their time budget and had not exported 8 min on)
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 STAGE=${1:?teacher or student}
 shift || true
 if [ "$STAGE" = teacher ]; then  # further stages: RUN=runs/motion-teacher-2 ... teacher --init_from=checkpoints/motion-teacher --run_dir=$RUN
@@ -55,6 +52,9 @@ elif [ "$STAGE" = ode-student ]; then  # results in runs/video-new (it may run d
 elif [ "$STAGE" = arms ]; then  # results in runs/video-arms (run it detached: it outlives a call)
   V=runs/video-arms && rm -rf $V && mkdir -p $V
   TEACHER=${TEACHER:-checkpoints/motion-teacher}
+  # several trainings side by side: without a cap each process's torch takes every core, and the judge's many small
+  # CPU ops at the final evaluation crawl (session 16: three arms passed their time budget and had not exported 8 min on)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
   START=runs/exports/motion-student-shipped  # under runs/: a later call's tree cannot take it away
   rm -rf $START && python scripts/carry_delta.py unpack .device/student $TEACHER $START
   ARMS=${2:-plain redmd regression1 fresh}

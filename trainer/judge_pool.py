@@ -2,8 +2,9 @@
 
 Judges are NumPy, SciPy and small torch ops on the CPU: a student's motion clip takes ~35 ms (16 frames of blob
 detection; ~90 ms before session 16 sped the template fit up) on this repository's 2-core CPU, so judging a 32-clip
-batch in the training process would stall the GPU for about a second every generator step. `JudgePool(workers)` splits the batch over spawned worker processes (spawn, not fork: the trainer
-holds a CUDA context); `workers=0` judges in-process, as the CPU tests and small runs do.
+batch in the training process would stall the GPU for about a second every generator step. `JudgePool(workers)`
+splits the batch over spawned worker processes (spawn, not fork: the trainer holds a CUDA context); `workers=0`
+judges in-process, as the CPU tests and small runs do.
 """
 
 from __future__ import annotations
