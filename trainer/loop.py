@@ -27,15 +27,24 @@ from trainer.guard import CollapseGuard, TrainingCollapsed
 from trainer.methods import method_class
 
 
-def lr_at(config: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio (or constant). A pure function of step."""
+def step_progress(config: TrainConfig, step: int) -> float:
+    """How far past warm-up the decay is by steps alone, in [0, 1]."""
+    return min(1.0, max(0, step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+
+
+def lr_at(config: TrainConfig, step: int, time_progress: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio (or constant).
+
+    A pure function of step, unless `time_progress` (the share of a time budget spent, lr_clock "time") is further
+    along than the steps: then the decay follows the clock, so a run its budget stops still ends at the floor.
+    """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "constant":
         return config.lr
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    progress = max(step_progress(config, step), min(1.0, time_progress))
     floor = config.min_lr_ratio
-    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class TrainingDiverged(RuntimeError):
@@ -160,6 +169,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
 
     lr_scales: dict[str, float] = getattr(method, "lr_scales", {})  # e.g. a critic learning faster than its generator
     start_step, images_seen, elapsed_before = 0, 0, 0.0
+    start_progress = None  # lr_clock "time": where the decay stood when this process began
     window = WindowMeans()  # the metrics since the last log line
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
@@ -171,6 +181,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         for name, opt in optimizers.items():
             ckpt.load_optimizer(latest, name, opt)
         start_step, images_seen, elapsed_before = state["step"], state["images_seen"], state["elapsed_seconds"]
+        start_progress = state.get("lr_progress")
         window = WindowMeans(state.get("log_window"))  # older checkpoints have none: the window starts afresh
         if accelerator.is_main_process:
             _trim_log(log_path, start_step)
@@ -199,6 +210,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         parts = {name: unwrapped(name) for name in networks} | {f"ema-{name}": net for name, net in ema.items()}
         meta = {"images_seen": images_seen, "elapsed_seconds": elapsed_before + time.perf_counter() - started}
         meta["log_window"] = window.state()
+        meta["lr_progress"] = progress
         return ckpt.save_checkpoint(run_dir, step, parts, optimizers, meta, keep=config.keep_checkpoints, protect=last_good)
 
     def log(record: dict) -> None:
@@ -240,18 +252,37 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
                 )
         return scores
 
+    def budget_spent() -> float:
+        """The share of this process's time budget used, read from the main process's clock on every rank: ranks
+        that each read their own would stop at different steps (a deadlock under DDP) and step with different lrs."""
+        if not config.max_minutes:
+            return 0.0
+        spent = (time.perf_counter() - started) / (config.max_minutes * 60)
+        if accelerator.num_processes == 1:
+            return spent
+        from accelerate.utils import broadcast
+
+        return float(broadcast(torch.tensor([spent], device=device, dtype=torch.float64), from_process=0))
+
+    if start_progress is None:
+        start_progress = step_progress(config, start_step)
+    progress = start_progress
     started = time.perf_counter()
     step = start_step
     budget_reached = False
     window_start, window_images = time.perf_counter(), 0
     with stop.on_signals():
         while step < config.max_steps and not stop:
-            if config.max_minutes and (time.perf_counter() - started) / 60 >= config.max_minutes:
+            spent = budget_spent()
+            if spent >= 1.0:
                 print(f"time budget of {config.max_minutes} min reached at step {step}", flush=True)
                 budget_reached = True
                 break
             generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, rank, step))
-            lr = lr_at(config, step)
+            # lr_clock "time": the budget left to this process carries the decay from where it stood to the end
+            time_progress = start_progress + (1 - start_progress) * spent if config.lr_clock == "time" else 0.0
+            lr = lr_at(config, step, time_progress)
+            progress = max(step_progress(config, step), time_progress)  # the decay's place, kept in checkpoints
             for name, opt in optimizers.items():
                 for group in opt.param_groups:
                     group["lr"] = lr * lr_scales.get(name, 1.0)

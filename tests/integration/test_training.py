@@ -3,14 +3,16 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import pytest
 from safetensors.torch import load_file
 
 from engines.registry import Registry
 from engines.requests import ImageRequest
 from trainer import checkpoint as ckpt
 from trainer.config import load_config
-from trainer.loop import StopFlag, train
+from trainer.loop import StopFlag, lr_at, train
 
 
 def weights(run_dir, role="model"):
@@ -146,3 +148,46 @@ def test_init_from_starts_at_an_exported_checkpoint(tiny_checkpoint, text_encode
     started = method.networks["model"].state_dict()
     assert all(torch.equal(started[k], v) for k, v in exported.state_dict().items())
     assert method.role == "teacher"
+
+
+def test_a_time_clocked_decay_ends_at_the_budget_and_a_resume_carries_it_on(tmp_path, text_encoder, tiny_args, monkeypatch):
+    """lr_clock "time": a run its one-minute budget stops after 6 of 1000 steps still takes the cosine to min_lr
+    (each step costs 10 s of a fake clock); a run stopped at step 3 resumes the decay where it stood."""
+    import trainer.loop as loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def tick(_step: int) -> None:
+        now[0] += 10.0
+
+    args = [*tiny_args, "--max_steps=1000", "--warmup_steps=0", "--max_minutes=1", "--lr_clock=time", "--eval_prompts=7"]
+    config = load_config(None, [*args, f"--run_dir={tmp_path / 'timed'}"])
+    summary = train(config, text_encoder=text_encoder, on_step=tick)
+    assert summary["step"] == 6 and summary["finished"] and "model" in summary
+    lrs = [r["lr"] for r in logged(tmp_path / "timed")]
+    assert lrs == pytest.approx([lr_at(config, k, k / 6) for k in range(6)])
+    assert lrs[0] == pytest.approx(config.lr) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] < config.lr * (config.min_lr_ratio + 0.1)  # near the floor at the budget's end
+    assert lr_at(config, 5) > 0.99 * config.lr  # the step clock alone would barely have begun to decay
+
+    broken = tmp_path / "broken"
+    stop = StopFlag()
+    now[0] = 0.0
+    train(
+        load_config(None, [*args, f"--run_dir={broken}"]),
+        stop=stop,
+        on_step=lambda step: (tick(step), stop.set() if step == 3 else None),
+        text_encoder=text_encoder,
+    )
+    assert ckpt.load_state(ckpt.latest_checkpoint(broken))["lr_progress"] == pytest.approx(2 / 6)
+    now[0] = 0.0  # a new process: a fresh budget carries the decay from 2/6 to the end
+    summary = train(load_config(None, [*args, f"--run_dir={broken}"]), text_encoder=text_encoder, on_step=tick)
+    assert summary["step"] == 9 and summary["finished"]
+    resumed = [r["lr"] for r in logged(broken)][3:]
+    assert resumed == pytest.approx([lr_at(config, 3 + k, 2 / 6 + (4 / 6) * k / 6) for k in range(6)])
+    assert resumed[0] == pytest.approx(lrs[2])  # no jump back to the full lr
+
+
+def logged(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]

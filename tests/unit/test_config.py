@@ -43,6 +43,8 @@ def test_every_config_in_the_repository_loads_and_names_a_known_method():
         (["--export.nope=1"], "unknown config key"),
         (["--mixed_precision=fp8"], "mixed_precision must be no, bf16 or fp16"),
         (["lr=1"], "must look like --key=value"),
+        (["--lr_clock=wall"], "lr_clock must be steps or time"),
+        (["--lr_clock=time"], "set max_minutes too"),
     ],
 )
 def test_bad_values_are_rejected(overrides, message):

@@ -69,6 +69,9 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     c = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0)
     assert lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)
+    # a time budget further along than the steps takes over the decay; one behind them changes nothing
+    assert lr_at(c, 10, time_progress=0.5) == pytest.approx(0.55) and lr_at(c, 10, time_progress=1.0) == pytest.approx(0.1)
+    assert lr_at(c, 60, time_progress=0.2) == pytest.approx(0.55) and lr_at(c, 5, time_progress=0.9) == lr_at(c, 5)
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
