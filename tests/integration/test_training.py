@@ -15,6 +15,11 @@ from trainer.config import load_config
 from trainer.loop import StopFlag, lr_at, train
 
 
+def logged(run) -> list[dict]:
+    """The run's metric lines that carry losses (evaluation lines left out)."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+
+
 def weights(run_dir, role="model"):
     latest = ckpt.latest_checkpoint(run_dir)
     return load_file(str(latest / role / "diffusion_pytorch_model.safetensors"))
@@ -42,17 +47,14 @@ def test_three_steps_then_resume_matches_an_unbroken_run(tmp_path, text_encoder,
         assert a.keys() == b.keys()
         assert all((a[k] == b[k]).all() for k in a), f"{role} differs after resume"
     # The log holds each step once, in order: lines of the interrupted run past the checkpoint are dropped.
-    steps = [
-        json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(line)
-    ]
-    assert steps == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in logged(broken)] == [1, 2, 3, 4, 5]
 
 
 def test_a_log_line_holds_the_means_of_its_window_not_its_last_step(tmp_path, text_encoder, tiny_args):
     def records(log_every: int) -> list[dict]:
         run = tmp_path / f"every-{log_every}"
         train(load_config(None, [*tiny_args, f"--run_dir={run}", f"--log_every={log_every}"]), text_encoder=text_encoder)
-        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+        return logged(run)
 
     each, pairs = records(1), records(2)
     assert [r["step"] for r in each] == [1, 2, 3, 4] and [r["step"] for r in pairs] == [2, 4]
@@ -66,10 +68,6 @@ def test_a_run_resumed_mid_window_logs_the_same_means_as_an_unbroken_one(tmp_pat
     """Issue 3: the resumed run's next logged losses equal an uninterrupted run's, with log lines that average
     two steps and a stop after step 3, mid-window (the checkpoint keeps the open window)."""
     args = [*tiny_args, "--max_steps=5", "--log_every=2"]
-
-    def logged(run) -> list[dict]:
-        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
-
     train(load_config(None, [*args, f"--run_dir={tmp_path / 'straight'}"]), text_encoder=text_encoder)
     stop = StopFlag()
     broken = tmp_path / "broken"
@@ -187,7 +185,3 @@ def test_a_time_clocked_decay_ends_at_the_budget_and_a_resume_carries_it_on(tmp_
     resumed = [r["lr"] for r in logged(broken)][3:]
     assert resumed == pytest.approx([lr_at(config, 3 + k, 2 / 6 + (4 / 6) * k / 6) for k in range(6)])
     assert resumed[0] == pytest.approx(lrs[2])  # no jump back to the full lr
-
-
-def logged(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
