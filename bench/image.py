@@ -59,11 +59,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def kept_rows(path: Path, measured: set[tuple[str, int]], device: str, prompts: int) -> tuple[list[dict], str]:
+def kept_rows(
+    path: Path, measured: set[tuple[str, int]], device: str, prompts: int, weights: dict[str, str] | None = None
+) -> tuple[list[dict], str]:
     """For --merge: the rows of an earlier result file that this run does not measure again (other models,
     or other step counts of the same model: a slow CPU can add its 25- and 50-step rows in a later run),
     and a note saying where they came from. Rows measured on another device or over another prompt set
-    would not be comparable: refused."""
+    would not be comparable: refused.
+
+    `weights` maps each model this run measures to the digest of its weights now. An old row of such a model
+    is kept only if it recorded the same digest: a retrained checkpoint's 25-step row must not sit beside its
+    new 8-step row as if one model made both (rows from before digests were recorded are dropped too)."""
     if not path.is_file():
         return [], ""
     old = json.loads(path.read_text())
@@ -72,14 +78,25 @@ def kept_rows(path: Path, measured: set[tuple[str, int]], device: str, prompts: 
             f"--merge: {path} holds {old.get('prompts')} prompts on {old.get('device')!r}, this run {prompts} on "
             f"{device!r}; rows measured differently cannot share a table (write elsewhere with --out)"
         )
-    kept = [r for r in old["rows"] if (r["model"], r["steps"]) not in measured]
-    if not kept:
-        return [], ""
+    weights = weights or {}
+    candidates = [r for r in old["rows"] if (r["model"], r["steps"]) not in measured]
+    stale = [r for r in candidates if r["model"] in weights and r.get("weights") != weights[r["model"]]]
+    kept = [r for r in candidates if r not in stale]
+    note = ""
+    if kept:
+        what = _steps_by_model(kept)
+        note = f" Rows of {what} kept from the run of {old['created']} (git {old['git']}) on a device of the same name."
+    if stale:
+        note += f" Rows of {_steps_by_model(stale)} from that run dropped: they measured other weights of the model."
+    return kept, note
+
+
+def _steps_by_model(rows: list[dict]) -> str:
+    """'a (1/2 steps), b (4 steps)': which rows a merge note speaks of."""
     by_model: dict[str, list[str]] = {}
-    for r in kept:
+    for r in rows:
         by_model.setdefault(r["model"], []).append(str(r["steps"]))
-    what = ", ".join(f"{m} ({'/'.join(steps)} steps)" for m, steps in by_model.items())
-    return kept, f" Rows of {what} kept from the run of {old['created']} (git {old['git']}) on a device of the same name."
+    return ", ".join(f"{m} ({'/'.join(steps)} steps)" for m, steps in by_model.items())
 
 
 def step_counts(args, role: str) -> list[int]:
@@ -108,10 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prompts < 2 * features.config.feature_dim:
         print(f"note: FD of {args.prompts} images ({features.config.feature_dim}-d features) is dominated by small-sample bias")
     names = model_names(args, registry, "image")
+    # which weights made each row (sha256 of the safetensors files): a merge keeps only rows of the same weights
+    digests = {n: weights_digest(registry.card(n).path) for n in names if registry.card(n).path is not None}
     kept, kept_note = [], ""
     if args.merge:  # checked before anything is timed
         measured = {(n, k) for n in names for k in step_counts(args, registry.card(n).role)}
-        kept, kept_note = kept_rows(args.out / f"image-{device_slug(device)}.json", measured, device_name(device), args.prompts)
+        kept, kept_note = kept_rows(
+            args.out / f"image-{device_slug(device)}.json", measured, device_name(device), args.prompts, digests
+        )
     scenes = shapes.eval_scenes(args.prompts)
     prompts, conditions = [s.caption for s in scenes], [s.condition for s in scenes]
     seeds = list(range(len(scenes)))
@@ -135,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
             where = None
             if args.cache is not None:
                 key = cache_key(
-                    weights=weights_digest(card.path),
+                    weights=digests[name],
                     steps=steps,
                     guidance=card.default_guidance,
                     backend=engine.backend,
@@ -201,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
                 # what the model cost to make (distillation alone for students), from its card
                 "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
                 "teacher": card.teacher,
+                "weights": digests.get(name),
             }
             rows.append(row)
             print(

@@ -81,3 +81,29 @@ def test_a_cached_run_resumes_from_its_chunks_and_scores_the_same(tiny_image_roo
     # other settings find no chunks of theirs: a different chunk size is a different key
     other = run_bench(tiny_image_root, tmp_path / "d", f"--cache={cache}", "--chunk=5", "--steps=1")
     assert other["rows"][0]["cached_chunks"] == 0
+
+
+def test_merge_keeps_rows_only_of_the_weights_measured_now(tiny_image_root, tmp_path):
+    """Rows record a digest of the weights that made them; after retraining, --merge drops the old weights' rows
+    instead of tabling them beside the new weights' as one model."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path / "ck"
+    shutil.copytree(tiny_image_root, root)
+    first = run_bench(root, tmp_path)
+    digest = first["rows"][0]["weights"]
+    assert len(digest) == 64 and {r["weights"] for r in first["rows"]} == {digest}
+    same = run_bench(root, tmp_path, "--steps=1", "--merge")  # same weights: the 2-step row stays
+    assert [(r["steps"], r["weights"]) for r in same["rows"]] == [(1, digest), (2, digest)]
+    assert "tiny-cpu (2 steps) kept" in same["notes"]
+    (weights,) = (root / "tiny-cpu").rglob("*.safetensors")
+    state = load_file(str(weights))
+    first_key = next(iter(state))
+    state[first_key] = state[first_key] + 0.01 * torch.ones_like(state[first_key])
+    save_file(state, str(weights))
+    retrained = run_bench(root, tmp_path, "--steps=1", "--merge")
+    assert [r["steps"] for r in retrained["rows"]] == [1] and retrained["rows"][0]["weights"] != digest
+    assert "tiny-cpu (2 steps) from that run dropped: they measured other weights" in retrained["notes"]

@@ -57,6 +57,31 @@ def test_merge_keeps_rows_not_measured_again_and_refuses_other_setups(tmp_path) 
             kept_rows(path, dmd2, device, prompts)
 
 
+def test_merge_drops_rows_of_a_model_whose_weights_changed(tmp_path) -> None:
+    """A retrained teacher benched again at 1-8 steps must not keep its old weights' 25-step row."""
+    import json
+
+    from bench.image import kept_rows
+
+    path = tmp_path / "image-cpu.json"
+    rows = [
+        {"model": "shapes-teacher", "steps": 8, "weights": "old"},
+        {"model": "shapes-teacher", "steps": 25, "weights": "old"},
+        {"model": "shapes-teacher", "steps": 50},  # from before rows recorded their weights
+        {"model": "shapes-dmd2", "steps": 1},  # not measured now: kept, digest or not
+    ]
+    earlier = {"device": "cpu", "prompts": 560, "created": "2026-12-04T23:01:55+00:00", "git": "5bdf6fb", "rows": rows}
+    path.write_text(json.dumps(earlier))
+    measured = {("shapes-teacher", 8)}
+    kept, note = kept_rows(path, measured, "cpu", 560, {"shapes-teacher": "new"})
+    assert kept == [rows[3]]
+    assert "shapes-dmd2 (1 steps) kept" in note and "shapes-teacher (25/50 steps) from that run dropped" in note
+    # the same weights: their rows stay; a digest-less row of a re-measured model cannot be vouched for
+    kept, note = kept_rows(path, measured, "cpu", 560, {"shapes-teacher": "old"})
+    assert kept == [rows[1], rows[3]] and "shapes-teacher (50 steps) from that run dropped" in note
+    assert kept_rows(path, measured, "cpu", 560)[0] == rows[1:]  # no digests given: the old behaviour
+
+
 def _image_row(model: str, role: str, steps: int, overall: float, fd: float) -> dict:
     return {"model": model, "role": role, "steps": steps, "quality": {"overall": overall}, "fd": fd, "latency_ms_p50": 1.0}
 
