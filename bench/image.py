@@ -8,14 +8,16 @@ both at 64 px: smaller images are upsampled by pixel replication first."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
+from bench.common import add_model_args, bench_registry, git_commit, model_names, percentiles, time_calls, write_result
 from bench.image_cache import cache_key, cached_images, weights_digest
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
@@ -79,16 +81,38 @@ def kept_rows(
             f"{device!r}; rows measured differently cannot share a table (write elsewhere with --out)"
         )
     weights = weights or {}
-    candidates = [r for r in old["rows"] if (r["model"], r["steps"]) not in measured]
+    origins = _origins_in_note(old.get("notes", ""))
+    candidates = []
+    for r in old["rows"]:
+        if (r["model"], r["steps"]) in measured:
+            continue
+        # which run measured the row: its own stamp, else the note that kept it there, else the file's run
+        run = r.get("measured") or origins.get((r["model"], r["steps"])) or {"created": old["created"], "git": old["git"]}
+        candidates.append(r | {"measured": run})
     stale = [r for r in candidates if r["model"] in weights and r.get("weights") != weights[r["model"]]]
     kept = [r for r in candidates if r not in stale]
-    note = ""
-    if kept:
-        what = _steps_by_model(kept)
-        note = f" Rows of {what} kept from the run of {old['created']} (git {old['git']}) on a device of the same name."
+    by_run: dict[tuple[str, str], list[dict]] = {}
+    for r in kept:
+        by_run.setdefault((r["measured"]["created"], r["measured"]["git"]), []).append(r)
+    note = "".join(
+        f" Rows of {_steps_by_model(rows)} kept from the run of {created} (git {git}) on a device of the same name."
+        for (created, git), rows in by_run.items()
+    )
     if stale:
-        note += f" Rows of {_steps_by_model(stale)} from that run dropped: they measured other weights of the model."
+        note += f" Rows of {_steps_by_model(stale)} from an earlier run dropped: they measured other weights of the model."
     return kept, note
+
+
+def _origins_in_note(notes: str) -> dict[tuple[str, int], dict[str, str]]:
+    """(model, steps) -> the run that measured it, read from the sentences an earlier merge wrote into a result
+    file's notes ('Rows of a (1/2 steps), b (4 steps) kept from the run of CREATED (git SHA)'), for rows written
+    before each row carried its own `measured` stamp."""
+    origins: dict[tuple[str, int], dict[str, str]] = {}
+    for what, created, git in re.findall(r"Rows of (.+?) kept from the run of (\S+) \(git (\w+)\)", notes):
+        for model, steps in re.findall(r"([\w.-]+) \(([\d/]+) steps\)", what):
+            for k in steps.split("/"):
+                origins[(model, int(k))] = {"created": created, "git": git}
+    return origins
 
 
 def _steps_by_model(rows: list[dict]) -> str:
@@ -127,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     names = model_names(args, registry, "image")
     # which weights made each row (sha256 of the safetensors files): a merge keeps only rows of the same weights
     digests = {n: weights_digest(registry.card(n).path) for n in names if registry.card(n).path is not None}
+    this_run = {"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git": git_commit()}
     kept, kept_note = [], ""
     if args.merge:  # checked before anything is timed
         measured = {(n, k) for n in names for k in step_counts(args, registry.card(n).role)}
@@ -223,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
                 "teacher": card.teacher,
                 "weights": digests.get(name),
+                "measured": this_run,  # a later --merge may keep the row: it says which run made it
             }
             rows.append(row)
             print(

@@ -38,11 +38,12 @@ def test_merge_keeps_rows_not_measured_again_and_refuses_other_setups(tmp_path) 
     earlier = {"device": "NVIDIA H100", "prompts": 560, "created": "2026-11-26T17:35:54+00:00", "git": "ae010fa", "rows": rows}
     path.write_text(json.dumps(earlier))
     kept, note = kept_rows(path, dmd2, "NVIDIA H100", 560)
-    assert kept == rows[:2]  # the model run now replaces its own old rows
+    assert _ids(kept) == _ids(rows[:2])  # the model run now replaces its own old rows
+    assert {r["measured"]["git"] for r in kept} == {"ae010fa"}  # stamped with the run that measured them
     assert "shapes-teacher (1/25 steps)" in note and "2026-11-26T17:35:54" in note and "ae010fa" in note
     # the same model at other step counts: only the re-measured step count is replaced
     kept, note = kept_rows(path, {("shapes-teacher", 25), ("shapes-teacher", 50)}, "NVIDIA H100", 560)
-    assert kept == [rows[0], rows[2]] and "shapes-teacher (1 steps), shapes-dmd2 (1 steps)" in note
+    assert _ids(kept) == _ids([rows[0], rows[2]]) and "shapes-teacher (1 steps), shapes-dmd2 (1 steps)" in note
     new = [{"model": "shapes-teacher", "steps": 50}, {"model": "shapes-teacher", "steps": 25}]
     table = merged(kept, new, ["shapes-teacher"])
     assert [(r["model"], r["steps"]) for r in table] == [
@@ -74,12 +75,51 @@ def test_merge_drops_rows_of_a_model_whose_weights_changed(tmp_path) -> None:
     path.write_text(json.dumps(earlier))
     measured = {("shapes-teacher", 8)}
     kept, note = kept_rows(path, measured, "cpu", 560, {"shapes-teacher": "new"})
-    assert kept == [rows[3]]
-    assert "shapes-dmd2 (1 steps) kept" in note and "shapes-teacher (25/50 steps) from that run dropped" in note
+    assert _ids(kept) == _ids([rows[3]])
+    assert "shapes-dmd2 (1 steps) kept" in note and "shapes-teacher (25/50 steps) from an earlier run dropped" in note
     # the same weights: their rows stay; a digest-less row of a re-measured model cannot be vouched for
     kept, note = kept_rows(path, measured, "cpu", 560, {"shapes-teacher": "old"})
-    assert kept == [rows[1], rows[3]] and "shapes-teacher (50 steps) from that run dropped" in note
-    assert kept_rows(path, measured, "cpu", 560)[0] == rows[1:]  # no digests given: the old behaviour
+    assert _ids(kept) == _ids([rows[1], rows[3]]) and "shapes-teacher (50 steps) from an earlier run dropped" in note
+    assert _ids(kept_rows(path, measured, "cpu", 560)[0]) == _ids(rows[1:])  # no digests given: the old behaviour
+
+
+def test_merge_keeps_each_row_s_own_run_through_later_merges(tmp_path) -> None:
+    """A row kept by one merge and kept again by the next still names the run that measured it, not the file's
+    latest run: from its `measured` stamp, or for older files from the note the earlier merge wrote."""
+    import json
+
+    from bench.image import kept_rows
+
+    path = tmp_path / "image-cpu.json"
+    note = (
+        "560 held-out prompts. Rows of shapes-dmd2 (1/2/4 steps), shapes-teacher (25 steps) kept from the run of "
+        "2026-12-04T23:01:55+00:00 (git 5bdf6fb) on a device of the same name."
+    )
+    rows = [{"model": "shapes-dmd2", "steps": k} for k in (1, 2, 4)] + [
+        {"model": "shapes-teacher", "steps": 25},
+        {"model": "shapes-teacher", "steps": 50},  # measured by the file's own run
+        {"model": "shapes-scm", "steps": 1, "measured": {"created": "2026-12-01T10:00:00+00:00", "git": "abc1234"}},
+    ]
+    earlier = {"device": "cpu", "prompts": 560, "created": "2026-12-05T03:33:19+00:00", "git": "c96985e", "notes": note}
+    path.write_text(json.dumps(earlier | {"rows": rows}))
+    kept, note = kept_rows(path, {("shapes-teacher", 8)}, "cpu", 560)
+    runs = {(r["model"], r["steps"]): r["measured"]["git"] for r in kept}
+    assert runs == {
+        ("shapes-dmd2", 1): "5bdf6fb",
+        ("shapes-dmd2", 2): "5bdf6fb",
+        ("shapes-dmd2", 4): "5bdf6fb",
+        ("shapes-teacher", 25): "5bdf6fb",
+        ("shapes-teacher", 50): "c96985e",
+        ("shapes-scm", 1): "abc1234",
+    }
+    first_run = "kept from the run of 2026-12-04T23:01:55+00:00 (git 5bdf6fb)"
+    assert f"shapes-dmd2 (1/2/4 steps), shapes-teacher (25 steps) {first_run}" in note
+    assert "shapes-teacher (50 steps) kept from the run of 2026-12-05T03:33:19+00:00 (git c96985e)" in note
+    assert "shapes-scm (1 steps) kept from the run of 2026-12-01T10:00:00+00:00 (git abc1234)" in note
+
+
+def _ids(rows: list[dict]) -> list[tuple[str, int]]:
+    return [(r["model"], r["steps"]) for r in rows]
 
 
 def _image_row(model: str, role: str, steps: int, overall: float, fd: float) -> dict:
