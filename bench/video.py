@@ -156,8 +156,8 @@ def _long_horizon(engine: VideoEngine, clips: list, steps: int, batch: int) -> d
         engine.network, engine.text_encoder, clips, LONG_FRAMES, steps, 1.0, engine.scheduler, True, batch_size=batch
     )
     frames = to_uint8_frames(video, motion.RESOLUTION)
-    early = motion.judge_window(frames, clips, 0, 16)
-    late = motion.judge_window(frames, clips, LONG_FRAMES - 16, LONG_FRAMES)
+    early, early_clips = motion.window_verdicts(frames, clips, 0, 16)
+    late, late_clips = motion.window_verdicts(frames, clips, LONG_FRAMES - 16, LONG_FRAMES)
     per_frame = motion.frame_scores(frames, clips).mean(0)
     return {
         "frames": LONG_FRAMES,
@@ -165,10 +165,21 @@ def _long_horizon(engine: VideoEngine, clips: list, steps: int, batch: int) -> d
         "early": early,
         "late": late,
         "drift_points": round(100 * (early["overall"] - late["overall"]), 2),
+        "drift_points_se": drift_standard_error(early_clips["overall"], late_clips["overall"]),
         "flicker_early": early.get("flicker"),
         "flicker_late": late.get("flicker"),
         "frame_score_by_16": [round(float(per_frame[i : i + 16].mean()), 4) for i in range(0, LONG_FRAMES, 16)],
     }
+
+
+def drift_standard_error(early: np.ndarray, late: np.ndarray) -> float | None:
+    """Standard error, in points, of the drift (mean early - late per-clip score): the windows are of the same
+    clips, so the per-clip differences are what varies. With 32 clips it is several points, so a drift limit of 5
+    is only decided by more clips; None for a single clip."""
+    differences = np.asarray(early, dtype=float) - np.asarray(late, dtype=float)
+    if differences.size < 2:
+        return None
+    return round(float(100 * differences.std(ddof=1) / np.sqrt(differences.size)), 2)
 
 
 def bench_order(cards: list, streamer: str | None) -> list[str]:
@@ -387,6 +398,8 @@ def summarise(rows: list[dict], long_horizon: dict, registry: Registry, match: f
         summary["ttff_speedup_vs_teacher"] = round(summary["teacher_ttff_ms"] / s["first_frame_ms"], 1)
         summary["student_within_2_points"] = summary["teacher_overall"] - s["quality"]["overall"] <= match
     summary["drift_points"] = long_horizon[s["model"]]["drift_points"]
+    if long_horizon[s["model"]].get("drift_points_se") is not None:  # files from before it was measured lack it
+        summary["drift_points_se"] = long_horizon[s["model"]]["drift_points_se"]
     eager = [r for r in streams if r["model"] == s["model"] and r["backend"] == "torch"]
     uniform = {int(r["steps"]): r for r in eager if r["schedule"].startswith("uniform")}
     for r in eager:

@@ -18,7 +18,7 @@ from bench.common import bench_registry, model_names
 from bench.video import LONG_FRAMES, _long_horizon
 from trainer.worlds import motion
 
-KEYS = ("clips", "early", "late", "drift_points", "frame_score_by_16")
+KEYS = ("clips", "early", "late", "drift_points", "drift_points_se", "frame_score_by_16")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

@@ -193,7 +193,7 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
             f"--checkpoints={tiny_video_root}",
             "--models=tiny-video,tiny-video-student",  # not the shipped video model: seconds, not minutes, on CPU
             "--clips=4",
-            "--long-clips=1",
+            "--long-clips=2",
             "--teacher-steps=2",
             "--student-steps=1",
             "--schedules=2-1",
@@ -202,8 +202,9 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
             f"--out={tmp_path}",
         ]
     )
-    for key in ("student_fps", "first_frame_ms", "ttff_speedup_vs_teacher", "drift_points"):
+    for key in ("student_fps", "first_frame_ms", "ttff_speedup_vs_teacher", "drift_points", "drift_points_se"):
         assert key in result["summary"], key
+    assert result["summary"]["drift_points_se"] >= 0  # two long clips: the drift has a spread to report
     schedules = {(r["model"], r["schedule"]) for r in result["rows"]}
     assert ("tiny-video-student", "diagonal 2-1") in schedules and ("tiny-video", "uniform 2") in schedules
     long = result["long_horizon"]["tiny-video-student"]

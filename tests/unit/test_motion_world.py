@@ -352,6 +352,12 @@ def test_judge_windows_of_long_clips_score_alike():
     early, late = M.judge_window(video, clips, 0, 16), M.judge_window(video, clips, 200, 216)
     assert early["overall"] >= 0.95 and late["overall"] >= 0.95
     assert abs(early["overall"] - late["overall"]) <= 0.05  # the world itself does not drift
+    # the per-clip verdicts behind a window's summary, for drift's standard error: they average to it
+    summary, per_clip = M.window_verdicts(video, clips, 200, 216)
+    assert summary == late and per_clip["overall"].shape == (len(clips),)
+    assert per_clip["overall"].mean() == pytest.approx(late["overall"])
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        M.window_verdicts(video, clips, 10, 11)
 
 
 # ----------------------------------------------------------------------------- judge: broken clips fail

@@ -1133,6 +1133,14 @@ def judge_window(frames_uint8: np.ndarray, clips: Sequence[Clip], start: int, st
     Bounces flip signs, so direction is judged by axis, motion and turning only at walls, not by sign; a stated
     change may fall before, inside or after the window; actions are the clip's actions of those frames.
     """
+    return window_verdicts(frames_uint8, clips, start, stop)[0]
+
+
+def window_verdicts(
+    frames_uint8: np.ndarray, clips: Sequence[Clip], start: int, stop: int
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """`judge_window`'s summary and the per-clip verdicts it averages (category -> (B,), nan where it does not
+    apply; 'overall' per clip): paired per-clip scores of two windows give drift a standard error."""
     _check_video(frames_uint8, clips)
     total = frames_uint8.shape[1]
     if not (isinstance(start, int | np.integer) and isinstance(stop, int | np.integer) and 0 <= start < stop <= total):
@@ -1141,7 +1149,8 @@ def judge_window(frames_uint8: np.ndarray, clips: Sequence[Clip], start: int, st
         raise ValueError(f"a window needs at least 2 frames to see motion, got [{start}, {stop})")
     for clip in clips:
         _check_actions_cover(clip, stop)
-    return _summary(*_score(frames_uint8, clips, int(start), int(stop), window=True))
+    per_clip, flicker = _score(frames_uint8, clips, int(start), int(stop), window=True)
+    return _summary(per_clip, flicker), per_clip
 
 
 def frame_scores(frames_uint8: np.ndarray, clips: Sequence[Clip]) -> np.ndarray:
