@@ -84,15 +84,19 @@ def _label(steps: int | tuple[int, ...]) -> str:
     return f"diagonal {'-'.join(map(str, steps))}" if isinstance(steps, tuple) else f"uniform {steps}"
 
 
-def _quality(engine: VideoEngine, clips: list, steps, batch: int, causal: bool) -> tuple[dict[str, float], np.ndarray]:
-    """Judge scores of 16-frame clips and per-frame scores (B, T), same seeds (clip index) for every row."""
+def _quality(
+    engine: VideoEngine, clips: list, steps, batch: int, causal: bool
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Judge scores of 16-frame clips, per-frame scores (B, T) and each clip's overall score (B,), same seeds
+    (clip index) for every row."""
     guidance = engine.card.default_guidance or 1.0
     schedule = (lambda i, s=steps: s[min(i, len(s) - 1)]) if isinstance(steps, tuple) else steps
     video = sample_for_clips(
         engine.network, engine.text_encoder, clips, CLIP_FRAMES, schedule, guidance, engine.scheduler, causal, batch_size=batch
     )
     frames = to_uint8_frames(video, motion.RESOLUTION)
-    return motion.judge_clips(frames, clips), motion.frame_scores(frames, clips)
+    summary, per_clip = motion.clip_verdicts(frames, clips)
+    return summary, motion.frame_scores(frames, clips), per_clip["overall"]
 
 
 def _nfe(engine: VideoEngine, card, steps, causal: bool) -> int:
@@ -165,20 +169,21 @@ def _long_horizon(engine: VideoEngine, clips: list, steps: int, batch: int) -> d
         "early": early,
         "late": late,
         "drift_points": round(100 * (early["overall"] - late["overall"]), 2),
-        "drift_points_se": drift_standard_error(early_clips["overall"], late_clips["overall"]),
+        "drift_points_se": paired_standard_error(early_clips["overall"], late_clips["overall"]),
         "flicker_early": early.get("flicker"),
         "flicker_late": late.get("flicker"),
         "frame_score_by_16": [round(float(per_frame[i : i + 16].mean()), 4) for i in range(0, LONG_FRAMES, 16)],
     }
 
 
-def drift_standard_error(early: np.ndarray, late: np.ndarray) -> float | None:
-    """Standard error, in points, of the drift (mean early - late per-clip score): the windows are of the same
-    clips, so the per-clip differences are what varies. With 32 clips it is several points, so a drift limit of 5
-    is only decided by more clips; None for a single clip."""
-    differences = np.asarray(early, dtype=float) - np.asarray(late, dtype=float)
-    if differences.size < 2:
+def paired_standard_error(a, b) -> float | None:
+    """Standard error, in points, of mean(a) - mean(b) for per-clip scores of the same clips (two windows of one
+    stream for drift, two models for a gap): the per-clip differences are what varies. With 32 clips it is
+    several points, so a limit of 5 is only decided by more clips. None for fewer than two clips, or scores of
+    different clips."""
+    if a is None or b is None or len(a) != len(b) or len(a) < 2:
         return None
+    differences = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     return round(float(100 * differences.std(ddof=1) / np.sqrt(differences.size)), 2)
 
 
@@ -207,9 +212,10 @@ def _row(
     batch would cost minutes of compilation per batch size)."""
     started = time.perf_counter()
     if same_as is None:
-        quality, per_frame = _quality(engine, clips, steps, batch, causal)
+        quality, per_frame, clip_overall = _quality(engine, clips, steps, batch, causal)
+        clip_overall = [round(float(v), 4) for v in clip_overall]
     else:
-        quality, per_frame = same_as["quality"], None
+        quality, per_frame, clip_overall = same_as["quality"], None, same_as.get("clip_overall")
     length = stream_frames if causal else CLIP_FRAMES
     _timed_stream(engine, steps, min(length, 2 * engine.chunk), 0, causal)  # warm-up
     timed = [_timed_stream(engine, steps, length, i, causal) for i in range(repeats)]
@@ -227,6 +233,7 @@ def _row(
         "steps": "-".join(map(str, steps)) if isinstance(steps, tuple) else steps,
         "nfe": _nfe(engine, card, steps, causal),
         "quality": quality,
+        **({"clip_overall": clip_overall} if clip_overall is not None else {}),  # per clip, for the gap's error
         "first_chunk_score": same_as["first_chunk_score"] if same_as else round(float(per_frame[:, :chunk].mean()), 4),
         "later_frames_score": same_as["later_frames_score"] if same_as else round(float(per_frame[:, chunk:].mean()), 4),
         **({"quality_from": same_as["backend"]} if same_as else {}),
@@ -397,6 +404,10 @@ def summarise(rows: list[dict], long_horizon: dict, registry: Registry, match: f
     if clip_rows:
         summary["ttff_speedup_vs_teacher"] = round(summary["teacher_ttff_ms"] / s["first_frame_ms"], 1)
         summary["student_within_2_points"] = summary["teacher_overall"] - s["quality"]["overall"] <= match
+        summary["gap_points"] = round(100 * (summary["teacher_overall"] - s["quality"]["overall"]), 2)
+        gap_se = paired_standard_error(best.get("clip_overall"), s.get("clip_overall"))
+        if gap_se is not None:  # rows from before per-clip scores were kept lack it
+            summary["gap_points_se"] = gap_se
     summary["drift_points"] = long_horizon[s["model"]]["drift_points"]
     if long_horizon[s["model"]].get("drift_points_se") is not None:  # files from before it was measured lack it
         summary["drift_points_se"] = long_horizon[s["model"]]["drift_points_se"]

@@ -205,6 +205,15 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
     for key in ("student_fps", "first_frame_ms", "ttff_speedup_vs_teacher", "drift_points", "drift_points_se"):
         assert key in result["summary"], key
     assert result["summary"]["drift_points_se"] >= 0  # two long clips: the drift has a spread to report
+    # the gap to the teacher, with its error from the per-clip scores both rows keep
+    clip_row = next(r for r in result["rows"] if r["model"] == "tiny-video" and r["mode"] == "clip")
+    assert len(clip_row["clip_overall"]) == 4 and np.mean(clip_row["clip_overall"]) == pytest.approx(
+        clip_row["quality"]["overall"], abs=1e-3
+    )
+    assert result["summary"]["gap_points"] == pytest.approx(
+        100 * (result["summary"]["teacher_overall"] - result["summary"]["student_overall"]), abs=0.01
+    )
+    assert result["summary"]["gap_points_se"] >= 0
     schedules = {(r["model"], r["schedule"]) for r in result["rows"]}
     assert ("tiny-video-student", "diagonal 2-1") in schedules and ("tiny-video", "uniform 2") in schedules
     long = result["long_horizon"]["tiny-video-student"]

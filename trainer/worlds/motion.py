@@ -1121,10 +1121,17 @@ def judge_clips(frames_uint8: np.ndarray, clips: Sequence[Clip]) -> dict[str, fl
     show). 'overall' is the mean over clips of the mean of their
     applicable categories; 'flicker' (lower is better, not in overall) is the mean change of background pixels.
     """
+    return clip_verdicts(frames_uint8, clips)[0]
+
+
+def clip_verdicts(frames_uint8: np.ndarray, clips: Sequence[Clip]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """`judge_clips`'s summary and the per-clip verdicts it averages (as `clip_scores`), from one judging pass:
+    two models' per-clip scores on the same clips give the gap between them a standard error."""
     _check_video(frames_uint8, clips)
     for clip in clips:
         _check_actions_cover(clip, frames_uint8.shape[1])
-    return _summary(*_score(frames_uint8, clips, 0, frames_uint8.shape[1], window=False))
+    per_clip, flicker = _score(frames_uint8, clips, 0, frames_uint8.shape[1], window=False)
+    return _summary(per_clip, flicker), per_clip
 
 
 def judge_window(frames_uint8: np.ndarray, clips: Sequence[Clip], start: int, stop: int) -> dict[str, float]:
