@@ -8,7 +8,6 @@ both at 64 px: smaller images are upsampled by pixel replication first."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import re
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import add_model_args, bench_registry, git_commit, model_names, percentiles, time_calls, write_result
+from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
 from bench.image_cache import cache_key, cached_images, weights_digest
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
@@ -86,7 +85,8 @@ def kept_rows(
     for r in old["rows"]:
         if (r["model"], r["steps"]) in measured:
             continue
-        # which run measured the row: its own stamp, else the note that kept it there, else the file's run
+        # which run measured the row: the stamp an earlier merge gave it, else (files from before stamps) the note
+        # that merge wrote, else the file's own run (created, git), which measured every row it did not keep
         run = r.get("measured") or origins.get((r["model"], r["steps"])) or {"created": old["created"], "git": old["git"]}
         candidates.append(r | {"measured": run})
     stale = [r for r in candidates if r["model"] in weights and r.get("weights") != weights[r["model"]]]
@@ -151,7 +151,6 @@ def main(argv: list[str] | None = None) -> dict:
     names = model_names(args, registry, "image")
     # which weights made each row (sha256 of the safetensors files): a merge keeps only rows of the same weights
     digests = {n: weights_digest(registry.card(n).path) for n in names if registry.card(n).path is not None}
-    this_run = {"created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git": git_commit()}
     kept, kept_note = [], ""
     if args.merge:  # checked before anything is timed
         measured = {(n, k) for n in names for k in step_counts(args, registry.card(n).role)}
@@ -248,7 +247,6 @@ def main(argv: list[str] | None = None) -> dict:
                 "train_gpu_minutes": None if card.train_gpu_seconds is None else round(card.train_gpu_seconds / 60, 1),
                 "teacher": card.teacher,
                 "weights": digests.get(name),
-                "measured": this_run,  # a later --merge may keep the row: it says which run made it
             }
             rows.append(row)
             print(
