@@ -89,6 +89,8 @@ def flow_match_sample(
     `scheduler` is consumed (diffusers schedulers keep a step index): pass a fresh one per call.
     """
     set_sampler_timesteps(scheduler, steps, noise.device)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)  # as pipelines do: step() then skips looking t up in the timesteps (a GPU sync)
     x = noise
     nfe = 0
     for i, t in enumerate(scheduler.timesteps):

@@ -164,7 +164,7 @@ class VideoEngine:
             names = [request.actions[min(f, len(request.actions) - 1)] for f in range(start, start + count)]
         else:
             names = ["none"] * count
-        return torch.tensor([[VIDEO_ACTIONS.index(n) for n in names]], device=self.device)
+        return torch.tensor([[VIDEO_ACTIONS.index(n) for n in names]])  # on the CPU: the sampler checks, then moves them
 
     @torch.no_grad()
     def stream(

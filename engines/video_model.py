@@ -389,6 +389,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         pooled: torch.Tensor,
         actions: torch.Tensor | None,
         what: str = "sample",
+        action_ids_checked: bool = False,
     ) -> None:
         cfg = self.config
         expected = (cfg.in_channels, cfg.resolution, cfg.resolution)
@@ -419,13 +420,21 @@ class VideoDiT(ModelMixin, ConfigMixin):
         if actions is not None:
             if tuple(actions.shape) != (batch, frames):
                 raise ValueError(f"VideoDiT actions must be (batch, frames) = {(batch, frames)}, got {tuple(actions.shape)}")
-            if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
-                raise ValueError(f"VideoDiT actions must be integer action ids, got dtype {actions.dtype}")
-            # A data-dependent check (one host sync); skipped inside torch.compile graphs.
-            if not torch.compiler.is_compiling() and actions.numel():
-                low, high = torch.stack([actions.min(), actions.max()]).tolist()
-                if low < 0 or high >= cfg.num_actions:
-                    raise ValueError(f"VideoDiT actions must be ids in [0, {cfg.num_actions}), got values from {low} to {high}")
+            if not action_ids_checked:
+                self.check_action_ids(actions)
+
+    def check_action_ids(self, actions: torch.Tensor) -> None:
+        """Integer ids in [0, num_actions). Reading the values is a host sync when they live on the GPU:
+        a caller that makes many calls with the same ids (every denoising step of a chunk) checks them once,
+        on the CPU, and passes action_ids_checked=True. Skipped inside torch.compile graphs."""
+        if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
+            raise ValueError(f"VideoDiT actions must be integer action ids, got dtype {actions.dtype}")
+        if not torch.compiler.is_compiling() and actions.numel():
+            low, high = torch.stack([actions.min(), actions.max()]).tolist()
+            if low < 0 or high >= self.config.num_actions:
+                raise ValueError(
+                    f"VideoDiT actions must be ids in [0, {self.config.num_actions}), got values from {low} to {high}"
+                )
 
     # ------------------------------------------------------------------------------------ components
     def _embed_frames(self, sample: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -654,12 +663,13 @@ class VideoDiT(ModelMixin, ConfigMixin):
         actions: torch.Tensor | None,
         cache: VideoKVCache,
         frame_index: int,
+        action_ids_checked: bool = False,
     ) -> torch.Tensor:
         """Velocity (B, c, C, H, W) for frames frame_index .. frame_index + c - 1, attending to
         [sink, cached frames, this chunk] (full attention inside the chunk). The cache is not changed, so
         any number of denoising steps can query it. frame_index must continue the cache (or be anything
         for an empty cache; only offsets matter)."""
-        self._check(x_chunk, sigma, encoder_hidden_states, pooled, actions, what="x_chunk")
+        self._check(x_chunk, sigma, encoder_hidden_states, pooled, actions, "x_chunk", action_ids_checked)
         self._check_chunk(x_chunk, cache, frame_index)
         return self._run_chunk(x_chunk, sigma, encoder_hidden_states, pooled, actions, cache, decode=True)
 
@@ -671,13 +681,14 @@ class VideoDiT(ModelMixin, ConfigMixin):
         actions: torch.Tensor | None,
         cache: VideoKVCache,
         frame_index: int,
+        action_ids_checked: bool = False,
     ) -> None:
         """Run the finished chunk (B, c, C, H, W) at sigma 0 and append its keys/values to the cache; then
         evict the oldest frames beyond the cache's window into the EMA sink. Runs under the caller's grad
         mode (wrap in torch.no_grad() for rollouts that do not backpropagate through the cache)."""
         batch, chunk = clean_chunk.shape[:2] if clean_chunk.ndim == 5 else (0, 0)
         sigma = torch.zeros(batch, chunk, device=clean_chunk.device, dtype=torch.float32)
-        self._check(clean_chunk, sigma, encoder_hidden_states, pooled, actions, what="clean_chunk")
+        self._check(clean_chunk, sigma, encoder_hidden_states, pooled, actions, "clean_chunk", action_ids_checked)
         self._check_chunk(clean_chunk, cache, frame_index)
         kvs = self._run_chunk(clean_chunk, sigma, encoder_hidden_states, pooled, actions, cache, decode=False)
         if cache.keys:

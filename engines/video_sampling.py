@@ -127,14 +127,17 @@ def stream_chunks(
         noise = torch.stack([torch.randn((count, *shape), generator=g) for g in generators]).to(device)
         emb = text(start).to(device, dtype)
         acts = actions(start, count) if actions is not None else None
-        acts = None if acts is None else acts.to(device)
+        if acts is not None:  # checked once here (on the CPU if given there), not at every network call
+            model.check_action_ids(acts)
+            acts = acts.to(device)
 
         if cfg and acts is not None:
             acts = torch.cat([acts, acts])  # the sampler stacks [cond; null]: both halves take the same actions
 
         def velocity(x: torch.Tensor, t: torch.Tensor, e: TextEmbedding, _a=acts, _s=start) -> torch.Tensor:
             sigma = (t.float() / 1000).view(-1, 1).expand(x.shape[0], x.shape[1]).to(dtype)
-            return model.forward_chunk(x.to(dtype), sigma, e.states, e.pooled, _a, cache, _s).to(x.dtype)
+            out = model.forward_chunk(x.to(dtype), sigma, e.states, e.pooled, _a, cache, _s, action_ids_checked=True)
+            return out.to(x.dtype)
 
         fresh = type(scheduler).from_config(scheduler.config)
         k = steps_for(start // chunk)
@@ -145,9 +148,10 @@ def stream_chunks(
         def commit(clean=clean, emb=emb, acts=acts, start=start) -> int:
             if cfg:  # both halves of the cache remember the same (guided) frames
                 both = TextEmbedding.cat(emb, null)
-                model.commit_chunk(torch.cat([clean, clean]).to(dtype), both.states, both.pooled, acts, cache, start)
+                doubled = torch.cat([clean, clean]).to(dtype)
+                model.commit_chunk(doubled, both.states, both.pooled, acts, cache, start, action_ids_checked=True)
                 return 2
-            model.commit_chunk(clean.to(dtype), emb.states, emb.pooled, acts, cache, start)
+            model.commit_chunk(clean.to(dtype), emb.states, emb.pooled, acts, cache, start, action_ids_checked=True)
             return 1
 
         yield Chunk(start, clean, spent + last.nfe)

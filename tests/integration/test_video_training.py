@@ -214,6 +214,14 @@ def test_bench_video_writes_results_with_the_issue_summary(tiny_video_root, tmp_
         100 * (result["summary"]["teacher_overall"] - result["summary"]["student_overall"]), abs=0.01
     )
     assert result["summary"]["gap_points_se"] >= 0
+    # work before the first frame: the teacher's every step over all 16 frames, the student's first chunk only
+    assert clip_row["first_frame_work"] == clip_row["nfe"] * 16
+    stream_row = next(r for r in result["rows"] if r["model"] == "tiny-video-student" and r["schedule"] == "uniform 1")
+    student_dir = tiny_video_root / "tiny-video-student"
+    chunk = json.loads((student_dir / "transformer" / "config.json").read_text())["chunk"]
+    cfg = 2 if (json.loads((student_dir / "card.json").read_text()).get("default_guidance") or 1) > 1 else 1
+    assert stream_row["first_frame_work"] == 1 * cfg * chunk  # one step on the first chunk
+    assert result["summary"]["ttff_work_ratio"] == round(clip_row["first_frame_work"] / stream_row["first_frame_work"], 1)
     schedules = {(r["model"], r["schedule"]) for r in result["rows"]}
     assert ("tiny-video-student", "diagonal 2-1") in schedules and ("tiny-video", "uniform 2") in schedules
     long = result["long_horizon"]["tiny-video-student"]

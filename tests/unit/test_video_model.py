@@ -300,3 +300,34 @@ def test_stream_hands_a_chunk_out_before_committing_it(model, monkeypatch):
     monkeypatch.setattr(model, "commit_chunk", lambda *a, **k: None)
     blind = list(stream_chunks(model, scheduler, [7], 2, lambda _f: emb, None, 3 * model.config.chunk))
     assert torch.equal(blind[0].frames, first.frames) and not torch.allclose(blind[1].frames, second.frames)
+
+
+def test_action_ids_are_checked_once_per_chunk_by_the_streaming_sampler(model):
+    """forward_chunk reads the ids (a host sync on a GPU) unless told they were checked; stream_chunks checks
+    each chunk's ids once, before any network call, so bad ids still fail with the model's message."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from engines.text_encoder import TextEmbedding
+    from engines.video_sampling import stream_chunks
+
+    sample, sigma, text, pooled, actions = inputs(batch=1, frames=2)
+    cache = model.new_cache(1)
+    with pytest.raises(ValueError, match=r"actions must be ids in \[0, 5\)"):
+        model.forward_chunk(sample, sigma, text, pooled, actions + 5, cache, 0)
+    with pytest.raises(ValueError, match="integer action ids"):
+        model.check_action_ids(actions.float())
+    # told they were checked, the call does not read them (the range check is the caller's)
+    out = model.forward_chunk(sample, sigma, text, pooled, actions, cache, 0, action_ids_checked=True)
+    assert torch.equal(out, model.forward_chunk(sample, sigma, text, pooled, actions, cache, 0))
+    emb = TextEmbedding(text, pooled, torch.ones(text.shape[:2], dtype=torch.bool))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    calls = []
+
+    def bad_actions(first: int, count: int) -> torch.Tensor:
+        calls.append(first)
+        return torch.full((1, count), 9)
+
+    chunks = stream_chunks(model, scheduler, [0], 2, lambda _f: emb, bad_actions, frames=4)
+    with pytest.raises(ValueError, match=r"actions must be ids in \[0, 5\)"):
+        next(chunks)
+    assert calls == [0]
