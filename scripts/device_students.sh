@@ -29,6 +29,10 @@ VARIANTS=(
   # with the noise level drawn), so the paper's 0.25 would barely pull on most steps.
   "shapes-dmd2-1step-reg=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.regression_weight=2"
   "shapes-dmd2-1step-gan-reg=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01 --method_config.regression_weight=2"
+  # session 19: the first students of the stage-5c teacher (0.904 at 25 steps), plain DMD2 beside DMD2 with the
+  # regression loss at weight 2, sharing one GPU for the same minutes (both start from the teacher's weights)
+  "shapes-dmd2-new=shapes-dmd2"
+  "shapes-dmd2-reg=shapes-dmd2 --method_config.regression_weight=2"
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
