@@ -49,7 +49,7 @@ def probe(engine, steps_list: list[int], repeats: int) -> dict:
     chunk = engine.chunk
     dtype = next(net.parameters()).dtype
     emb = engine.text_encoder.encode([PROMPT]).to(device, dtype)
-    x = torch.randn(1, chunk, 3, net.config.resolution, net.config.resolution, device=device, dtype=dtype)
+    x = torch.randn(1, chunk, net.config.in_channels, net.config.resolution, net.config.resolution, device=device, dtype=dtype)
     sigma = torch.full((1, chunk), 0.9, device=device, dtype=dtype)
     record: dict = {"model": engine.card.id, "backend": engine.backend, "device": str(device)}
     with torch.no_grad():
@@ -66,7 +66,8 @@ def probe(engine, steps_list: list[int], repeats: int) -> dict:
         record["frames_to_pil_ms"] = round(_timed(lambda: frames_to_pil(frames), device, repeats), 3)
         fresh = lambda: type(engine.scheduler).from_config(engine.scheduler.config)  # noqa: E731
         record["scheduler_from_config_ms"] = round(_timed(fresh, torch.device("cpu"), repeats), 3)
-        noise = lambda: torch.randn((chunk, 3, 64, 64), generator=torch.Generator().manual_seed(0)).to(device)  # noqa: E731
+        shape = (chunk, int(net.config.in_channels), int(net.config.resolution), int(net.config.resolution))
+        noise = lambda: torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # noqa: E731
         record["noise_ms"] = round(_timed(noise, device, repeats), 3)
         steps = steps_list[-1]
         activities = [torch.profiler.ProfilerActivity.CPU]

@@ -157,3 +157,23 @@ def test_motion_probe_samples_each_model_as_the_bench_does(tiny_video_root) -> N
     for bad in (["--models", "no-such-model"], ["--models", "tiny-video", "--steps", "0"]):
         with pytest.raises(SystemExit):
             motion_probe.main(["--checkpoints", str(tiny_video_root), *bad])
+
+
+latency_probe = _load("probe_video_latency")
+
+
+def test_latency_probe_splits_a_streaming_first_frame_on_cpu(tiny_video_root) -> None:
+    from tests.conftest import one_thread
+
+    args = ["--checkpoints", str(tiny_video_root), "--models", "tiny-video-student", "--steps", "1,2", "--repeats", "2"]
+    with one_thread():
+        (record,) = latency_probe.main(args)
+    assert record["model"] == "tiny-video-student" and record["backend"] == "torch" and record["device"] == "cpu"
+    # two network calls cost more than one, and one call costs less than a whole first frame at one step
+    assert record["first_frame_ms_2step"] > record["network_call_ms"] > 0
+    assert record["first_frame_ms_1step"] > 0 and record["frames_to_pil_ms"] > 0
+    assert record["cuda_kernels"] == 0 and record["graph_launches"] == 0  # no GPU here: host ops only
+    assert record["profile_steps"] == 2 and len(record["top_host_ops"]) > 3
+    for bad in (["--models", "no-such-model"], ["--repeats", "0"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            latency_probe.main(["--checkpoints", str(tiny_video_root), "--models", "tiny-video-student", *bad])
