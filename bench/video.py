@@ -99,11 +99,16 @@ def _quality(
     return summary, motion.frame_scores(frames, clips), per_clip["overall"]
 
 
+def _cfg_factor(card) -> int:
+    """Network evaluations per step: 2 under classifier-free guidance (conditioned and null), else 1."""
+    return 2 if (card.default_guidance or 1) > 1 else 1
+
+
 def _nfe(engine: VideoEngine, card, steps, causal: bool) -> int:
     """Network evaluations for one 16-frame clip (a CFG step counts 2): whole clips take `steps`;
     streams take their steps per chunk plus one cache commit per chunk but the last (stream_chunks commits a
     chunk only when another follows)."""
-    cfg = 2 if (card.default_guidance or 1) > 1 else 1
+    cfg = _cfg_factor(card)
     if not causal:
         return steps * cfg
     chunks = CLIP_FRAMES // engine.chunk
@@ -112,9 +117,10 @@ def _nfe(engine: VideoEngine, card, steps, causal: bool) -> int:
 
 
 def _first_frame_work(engine: VideoEngine, card, steps, causal: bool) -> int:
-    cfg = 2 if (card.default_guidance or 1) > 1 else 1
+    """Frame-evaluations before the first frame shows: a stream's first chunk at its first steps, a whole clip
+    at every step."""
     first_steps = steps[0] if isinstance(steps, tuple) else steps
-    return first_steps * cfg * (engine.chunk if causal else CLIP_FRAMES)
+    return first_steps * _cfg_factor(card) * (engine.chunk if causal else CLIP_FRAMES)
 
 
 def _timed_stream(engine: VideoEngine, steps, frames: int, seed: int, causal: bool) -> tuple[float, float, float]:

@@ -14,29 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
-from bench.common import bench_registry, model_names
+from bench.common import bench_registry, model_names, time_calls
 from engines.requests import VideoRequest
 from engines.video import frames_to_pil
 
 PROMPT = "a red ball bouncing to the right and a blue square sliding up"
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Median ms of fn() with the device drained before and after each call."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def _timed(fn, device: torch.device, repeats: int, warmup: int = 0) -> float:
+    """Median ms of fn(), the device drained after each call (bench.common.time_calls)."""
+    return statistics.median(time_calls(lambda _i: fn(), device, warmup=warmup, repeats=repeats))
 
 
 def _first_frame(engine, steps: int):
@@ -53,15 +43,12 @@ def probe(engine, steps_list: list[int], repeats: int) -> dict:
     sigma = torch.full((1, chunk), 0.9, device=device, dtype=dtype)
     record: dict = {"model": engine.card.id, "backend": engine.backend, "device": str(device)}
     with torch.no_grad():
-        for steps in steps_list:
-            for _ in range(3):
-                _first_frame(engine, steps)  # warm-up: compiles and records graphs
-            record[f"first_frame_ms_{steps}step"] = round(_timed(lambda s=steps: _first_frame(engine, s), device, repeats), 3)
+        for steps in steps_list:  # three warm-up calls: they compile and record the CUDA graphs
+            first = lambda s=steps: _first_frame(engine, s)  # noqa: E731
+            record[f"first_frame_ms_{steps}step"] = round(_timed(first, device, repeats, warmup=3), 3)
         cache = net.new_cache(1)
         call = lambda: net.forward_chunk(x, sigma, emb.states, emb.pooled, None, cache, 0)  # noqa: E731
-        for _ in range(3):
-            call()
-        record["network_call_ms"] = round(_timed(call, device, repeats), 3)
+        record["network_call_ms"] = round(_timed(call, device, repeats, warmup=3), 3)
         frames = x[0].float().clamp(-1, 1)
         record["frames_to_pil_ms"] = round(_timed(lambda: frames_to_pil(frames), device, repeats), 3)
         fresh = lambda: type(engine.scheduler).from_config(engine.scheduler.config)  # noqa: E731
