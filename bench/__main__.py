@@ -1,4 +1,5 @@
-"""python -m bench <suite> [options]: suites write bench/results/<suite>-<device>.json and .md."""
+"""python -m bench <suite> [options]: suites write bench/results/<suite>-<device>.json and .md.
+`python -m bench rows` moves rows one run measured into another result file (bench/rows.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ SUITES = {
     "video": "bench.video",
     "serving": "bench.serving",
     "load": "bench.load",
+    "rows": "bench.rows",  # not a suite: edits result files the suites wrote
 }
 
 

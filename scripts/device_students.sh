@@ -33,6 +33,8 @@ VARIANTS=(
   # regression loss at weight 2, sharing one GPU for the same minutes (both start from the teacher's weights)
   "shapes-dmd2-new=shapes-dmd2"
   "shapes-dmd2-reg=shapes-dmd2 --method_config.regression_weight=2"
+  # session 20: the session-11 one-step GAN fine-tune (0.652 -> 0.727 on the previous teacher), from shapes-dmd2-reg
+  "shapes-dmd2-reg-1step-gan=shapes-dmd2 --init_from=runs/exports/shapes-dmd2-reg --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
