@@ -119,34 +119,13 @@ def test_a_rename_onto_other_weights_is_refused_and_the_file_is_left_alone(files
     dest, source, checkpoints = files
     _checkpoint(checkpoints, "shapes-other", 2.0)
     before = dest.read_text()
-    with pytest.raises(SystemExit, match="does not hold the weights its rows at \\[1, 2\\] steps measured"):
-        rows_main(
-            [
-                str(dest),
-                "--add",
-                str(source),
-                "--models",
-                "shapes-dmd2-v",
-                "--rename",
-                "shapes-dmd2-v=shapes-other",
-                "--checkpoints",
-                str(checkpoints),
-            ]
-        )
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        rows_main(
-            [
-                str(dest),
-                "--add",
-                str(source),
-                "--models",
-                "shapes-dmd2-v",
-                "--rename",
-                "shapes-dmd2-v=shapes-none",
-                "--checkpoints",
-                str(checkpoints),
-            ]
-        )
+    for target, message in (
+        ("shapes-other", "does not hold the weights its rows at \\[1, 2\\] steps measured"),
+        ("shapes-none", "no checkpoint"),
+    ):
+        args = ["--models", "shapes-dmd2-v", "--rename", f"shapes-dmd2-v={target}", "--checkpoints", str(checkpoints)]
+        with pytest.raises(SystemExit, match=message):
+            rows_main([str(dest), "--add", str(source), *args])
     assert dest.read_text() == before
 
 
