@@ -61,7 +61,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def kept_rows(
-    path: Path, measured: set[tuple[str, int]], device: str, prompts: int, weights: dict[str, str] | None = None
+    path: Path,
+    measured: set[tuple[str, int]],
+    device: str,
+    prompts: int,
+    weights: dict[str, str] | None = None,
+    shipped: dict[str, str] | None = None,
 ) -> tuple[list[dict], str]:
     """For --merge: the rows of an earlier result file that this run does not measure again (other models,
     or other step counts of the same model: a slow CPU can add its 25- and 50-step rows in a later run),
@@ -70,7 +75,11 @@ def kept_rows(
 
     `weights` maps each model this run measures to the digest of its weights now. An old row of such a model
     is kept only if it recorded the same digest: a retrained checkpoint's 25-step row must not sit beside its
-    new 8-step row as if one model made both (rows from before digests were recorded are dropped too)."""
+    new 8-step row as if one model made both (rows from before digests were recorded are dropped too).
+
+    `shipped` maps the other checkpoints there are now to their digests: a row of one of them that recorded other
+    weights is dropped too, so a checkpoint replaced under the same id does not keep its predecessor's rows in a
+    file that only benched the teacher again (rows from before digests cannot be told apart and stay)."""
     if not path.is_file():
         return [], ""
     old = json.loads(path.read_text())
@@ -89,7 +98,13 @@ def kept_rows(
         # that merge wrote, else the file's own run (created, git), which measured every row it did not keep
         run = r.get("measured") or origins.get((r["model"], r["steps"])) or {"created": old["created"], "git": old["git"]}
         candidates.append(r | {"measured": run})
-    stale = [r for r in candidates if r["model"] in weights and r.get("weights") != weights[r["model"]]]
+    shipped = shipped or {}
+    stale = [
+        r
+        for r in candidates
+        if (r["model"] in weights and r.get("weights") != weights[r["model"]])
+        or (r["model"] in shipped and r.get("weights") not in (None, shipped[r["model"]]))
+    ]
     kept = [r for r in candidates if r not in stale]
     by_run: dict[tuple[str, str], list[dict]] = {}
     for r in kept:
@@ -154,8 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     kept, kept_note = [], ""
     if args.merge:  # checked before anything is timed
         measured = {(n, k) for n in names for k in step_counts(args, registry.card(n).role)}
+        others = {c.id: weights_digest(c.path) for c in registry.cards("image") if c.path is not None and c.id not in digests}
         kept, kept_note = kept_rows(
-            args.out / f"image-{device_slug(device)}.json", measured, device_name(device), args.prompts, digests
+            args.out / f"image-{device_slug(device)}.json", measured, device_name(device), args.prompts, digests, others
         )
     scenes = shapes.eval_scenes(args.prompts)
     prompts, conditions = [s.caption for s in scenes], [s.condition for s in scenes]
@@ -384,8 +400,12 @@ def update_cards(registry: Registry, rows: list[dict], source: Path) -> None:
     from trainer.image_task import write_model_card  # noqa: PLC0415
 
     for card in registry.cards("image"):
-        mine = [r for r in rows if r["model"] == card.id]
-        if not mine or card.path is None:
+        if card.path is None:
+            continue
+        # a row that recorded other weights than the checkpoint holds now measured its predecessor: not quoted
+        digest = weights_digest(card.path)
+        mine = [r for r in rows if r["model"] == card.id and r.get("weights") in (None, digest)]
+        if not mine:
             continue
         raw = json.loads((card.path / "card.json").read_text())
         key = source.stem  # e.g. image-h100

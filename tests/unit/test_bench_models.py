@@ -139,3 +139,52 @@ def test_image_summary_says_whether_the_best_one_step_student_meets_the_target()
     assert summarise([*teacher, _image_row("a", "student", 1, 0.869, 29.9)])["one_step_target_met"] is False  # judge
     assert summarise([*teacher, _image_row("a", "student", 1, 0.90, 30.1)])["one_step_target_met"] is False  # FD
     assert "one_step_target_met" not in summarise([teacher[0], _image_row("a", "student", 1, 0.9, 1.0)])  # no 50 steps
+
+
+def test_merge_drops_rows_of_a_checkpoint_replaced_under_the_same_id_even_when_not_measured(tmp_path) -> None:
+    """Benching only the teacher again must not carry a replaced student's rows forward under the student's id."""
+    import json
+
+    from bench.image import kept_rows
+
+    path = tmp_path / "image-cpu.json"
+    rows = [
+        {"model": "shapes-dmd2", "steps": 1, "weights": "before"},  # the student's predecessor
+        {"model": "shapes-dmd2", "steps": 2},  # no digest: cannot be told apart, stays
+        {"model": "shapes-dmd2-variant", "steps": 1, "weights": "v"},  # no checkpoint of that id now: stays
+        {"model": "shapes-teacher", "steps": 25, "weights": "t"},
+    ]
+    earlier = {"device": "cpu", "prompts": 560, "created": "2026-12-05T03:33:19+00:00", "git": "c96985e", "rows": rows}
+    path.write_text(json.dumps(earlier))
+    shipped = {"shapes-dmd2": "after"}
+    kept, note = kept_rows(path, {("shapes-teacher", 50)}, "cpu", 560, {"shapes-teacher": "t"}, shipped)
+    assert _ids(kept) == _ids(rows[1:])
+    assert "shapes-dmd2 (1 steps) from an earlier run dropped: they measured other weights" in note
+    kept, _ = kept_rows(path, {("shapes-teacher", 50)}, "cpu", 560, {"shapes-teacher": "t"}, {"shapes-dmd2": "before"})
+    assert _ids(kept) == _ids(rows)
+
+
+def test_cards_quote_only_rows_of_the_weights_they_hold(tiny_image_root, tmp_path) -> None:
+    import json
+    import shutil
+
+    from bench.image import update_cards
+    from bench.image_cache import weights_digest
+    from engines.registry import Registry
+
+    root = tmp_path / "ck"
+    shutil.copytree(tiny_image_root / "tiny-cpu", root / "tiny-cpu")
+    digest = weights_digest(root / "tiny-cpu")
+
+    def row(steps: int, overall: float, weights: str | None) -> dict:
+        quality = {"overall": overall, "position": 0.5}
+        return {"model": "tiny-cpu", "steps": steps, "quality": quality, "fd": 9.0, "latency_ms_p50": 1.0,
+                "throughput_per_s": 2.0, "weights": weights}  # fmt: skip
+
+    source = tmp_path / "image-cpu.json"
+    update_cards(Registry([root], device="cpu"), [row(1, 0.3, "other"), row(2, 0.6, digest), row(4, 0.7, None)], source)
+    metrics = json.loads((root / "tiny-cpu" / "card.json").read_text())["metrics"]
+    assert "image-cpu @ 1 steps" not in metrics  # measured other weights
+    assert metrics["image-cpu @ 2 steps"]["overall"] == 0.6 and metrics["image-cpu @ 4 steps"]["overall"] == 0.7
+    assert metrics["source"] == "bench/results/image-cpu.json"
+    assert "image-cpu @ 2 steps" in (root / "tiny-cpu" / "README.md").read_text()
