@@ -177,3 +177,49 @@ def test_latency_probe_splits_a_streaming_first_frame_on_cpu(tiny_video_root) ->
     for bad in (["--models", "no-such-model"], ["--repeats", "0"], ["--steps", "0"]):
         with pytest.raises(SystemExit):
             latency_probe.main(["--checkpoints", str(tiny_video_root), "--models", "tiny-video-student", *bad])
+
+
+failures = _load("probe_judge_failures")
+
+
+def test_failure_probe_passes_renders_and_names_each_kind_of_failure() -> None:
+    rng = random.Random(5)
+    scenes = [shapes.sample_scene(rng, category) for category in shapes.CATEGORIES for _ in range(6)]
+    images = shapes.to_uint8(shapes.render(scenes))
+    conditions = [s.condition for s in scenes]
+    table = failures.breakdown(images, conditions)
+    assert set(table) == set(shapes.CATEGORIES)
+    assert all(shares["pass"] == 1.0 and abs(sum(shares.values()) - 1) < 1e-9 for shares in table.values())
+    blank = failures.breakdown(np.zeros_like(images), conditions)  # nothing drawn: every image's count is off
+    assert all(set(shares) == set(failures.REASONS) and shares["count"] == 1.0 for shares in blank.values())
+    position = [(image, s.condition) for image, s in zip(images, scenes) if s.condition.category == "position"]
+    for image, condition in position:
+        flipped = dataclasses.replace(condition, relation=OPPOSITE[condition.relation])
+        assert failures.failure_reason(shapes.detect(image), flipped) == "relation or binding"
+    single = next((image, s.condition) for image, s in zip(images, scenes) if s.condition.category == "single_object")
+    spec = single[1].specs[0]
+    other = next(name for name in shapes.SHAPES if name != spec.shape)
+    wrong = dataclasses.replace(single[1], specs=(dataclasses.replace(spec, shape=other),))
+    assert failures.failure_reason(shapes.detect(single[0]), wrong) == "shape"
+
+
+def test_failure_probe_reads_a_bench_cache_and_refuses_what_does_not_fit(tmp_path, capsys) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    renders = shapes.render(shapes.eval_scenes(8))
+    cache = tmp_path / "shapes-x-1steps-key"
+    cache.mkdir()
+    save_file({"images": renders[:5] * 2 - 1}, str(cache / "chunk-0000.safetensors"))
+    save_file({"images": (renders[5:] * 2 - 1).to(torch.float16)}, str(cache / "chunk-0001.safetensors"))
+    failures.main([str(cache), "--prompts", "8"])
+    out = capsys.readouterr().out
+    assert out.startswith("shapes-x-1steps-key\n") and "relation or binding" in out
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert rows and all(float(row[1]) == 1.0 for row in rows)  # the world's renders pass
+    with pytest.raises(SystemExit, match="holds 8 images, not the 12"):
+        failures.main([str(cache), "--prompts", "12"])
+    with pytest.raises(SystemExit, match="no bench cache chunks"):
+        failures.main([str(tmp_path), "--prompts", "8"])
+    with pytest.raises(ValueError, match="2 images but 1 conditions"):
+        failures.breakdown(np.zeros((2, 64, 64, 3), np.uint8), [shapes.eval_scenes(1)[0].condition])
