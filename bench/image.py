@@ -61,25 +61,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def kept_rows(
-    path: Path,
-    measured: set[tuple[str, int]],
-    device: str,
-    prompts: int,
-    weights: dict[str, str] | None = None,
-    shipped: dict[str, str] | None = None,
+    path: Path, measured: set[tuple[str, int]], device: str, prompts: int, weights: dict[str, str] | None = None
 ) -> tuple[list[dict], str]:
     """For --merge: the rows of an earlier result file that this run does not measure again (other models,
     or other step counts of the same model: a slow CPU can add its 25- and 50-step rows in a later run),
     and a note saying where they came from. Rows measured on another device or over another prompt set
     would not be comparable: refused.
 
-    `weights` maps each model this run measures to the digest of its weights now. An old row of such a model
-    is kept only if it recorded the same digest: a retrained checkpoint's 25-step row must not sit beside its
-    new 8-step row as if one model made both (rows from before digests were recorded are dropped too).
-
-    `shipped` maps the other checkpoints there are now to their digests: a row of one of them that recorded other
-    weights is dropped too, so a checkpoint replaced under the same id does not keep its predecessor's rows in a
-    file that only benched the teacher again (rows from before digests cannot be told apart and stay)."""
+    `weights` maps checkpoints to the digest of the weights they hold now. An old row of a model this run
+    measures is kept only if it recorded the same digest: a retrained checkpoint's 25-step row must not sit
+    beside its new 8-step row as if one model made both (rows from before digests were recorded are dropped
+    too). An old row of any other checkpoint there is dropped if it recorded other weights, so a checkpoint
+    replaced under the same id does not keep its predecessor's rows in a file that only benched the teacher
+    again (its rows from before digests cannot be told apart and stay)."""
     if not path.is_file():
         return [], ""
     old = json.loads(path.read_text())
@@ -94,17 +88,11 @@ def kept_rows(
     for r in old["rows"]:
         if (r["model"], r["steps"]) in measured:
             continue
-        # which run measured the row: the stamp an earlier merge gave it, else (files from before stamps) the note
-        # that merge wrote, else the file's own run (created, git), which measured every row it did not keep
-        run = r.get("measured") or origins.get((r["model"], r["steps"])) or {"created": old["created"], "git": old["git"]}
-        candidates.append(r | {"measured": run})
-    shipped = shipped or {}
-    stale = [
-        r
-        for r in candidates
-        if (r["model"] in weights and r.get("weights") != weights[r["model"]])
-        or (r["model"] in shipped and r.get("weights") not in (None, shipped[r["model"]]))
-    ]
+        candidates.append(r | {"measured": measured_by(r, old, origins)})
+    benched = {model for model, _ in measured}
+    # measured again: only rows of the same weights vouch for them; not measured: only a recorded other digest condemns
+    vouched = {model: (digest,) if model in benched else (None, digest) for model, digest in weights.items()}
+    stale = [r for r in candidates if r["model"] in vouched and r.get("weights") not in vouched[r["model"]]]
     kept = [r for r in candidates if r not in stale]
     by_run: dict[tuple[str, str], list[dict]] = {}
     for r in kept:
@@ -116,6 +104,17 @@ def kept_rows(
     if stale:
         note += f" Rows of {_steps_by_model(stale)} from an earlier run dropped: they measured other weights of the model."
     return kept, note
+
+
+def measured_by(row: dict, result: dict, origins: dict[tuple[str, int], dict[str, str]] | None = None) -> dict:
+    """The run that measured a row of `result`: the stamp an earlier merge gave it, else (files from before
+    stamps) the one the note that merge wrote names (`_origins_in_note`), else the file's own run (created, git),
+    which measured every row it did not keep."""
+    if origins is None:
+        origins = _origins_in_note(result.get("notes", ""))
+    return (
+        row.get("measured") or origins.get((row["model"], row["steps"])) or {"created": result["created"], "git": result["git"]}
+    )
 
 
 def _origins_in_note(notes: str) -> dict[tuple[str, int], dict[str, str]]:
@@ -164,14 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prompts < 2 * features.config.feature_dim:
         print(f"note: FD of {args.prompts} images ({features.config.feature_dim}-d features) is dominated by small-sample bias")
     names = model_names(args, registry, "image")
-    # which weights made each row (sha256 of the safetensors files): a merge keeps only rows of the same weights
-    digests = {n: weights_digest(registry.card(n).path) for n in names if registry.card(n).path is not None}
+    # which weights each checkpoint holds (sha256 of its safetensors files), hashed once: rows record it, a merge
+    # keeps only rows of the weights there are now, and cards quote only rows of their own weights
+    digests = {c.id: weights_digest(c.path) for c in registry.cards("image") if c.path is not None}
     kept, kept_note = [], ""
     if args.merge:  # checked before anything is timed
         measured = {(n, k) for n in names for k in step_counts(args, registry.card(n).role)}
-        others = {c.id: weights_digest(c.path) for c in registry.cards("image") if c.path is not None and c.id not in digests}
         kept, kept_note = kept_rows(
-            args.out / f"image-{device_slug(device)}.json", measured, device_name(device), args.prompts, digests, others
+            args.out / f"image-{device_slug(device)}.json", measured, device_name(device), args.prompts, digests
         )
     scenes = shapes.eval_scenes(args.prompts)
     prompts, conditions = [s.caption for s in scenes], [s.condition for s in scenes]
@@ -307,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     json_path, md_path = write_result("image", device_slug(device), device_name(device), rows, summary, extra, args.out)
     print(f"wrote {json_path} and {md_path}")
     if args.update_cards:
-        update_cards(registry, rows, json_path)
+        update_cards(registry, rows, json_path, digests)
     return json.loads(json_path.read_text())
 
 
@@ -396,14 +395,16 @@ def sample_sheet(engine, prompts: list[str], path: Path) -> None:
     image_grid(to_pil(images), columns=8, scale=2).save(path)
 
 
-def update_cards(registry: Registry, rows: list[dict], source: Path) -> None:
+def update_cards(registry: Registry, rows: list[dict], source: Path, digests: dict[str, str] | None = None) -> None:
+    """Quote `source`'s rows in their checkpoints' cards. `digests`: the weights digest of each checkpoint, when
+    the caller has already hashed them."""
     from trainer.image_task import write_model_card  # noqa: PLC0415
 
     for card in registry.cards("image"):
         if card.path is None:
             continue
         # a row that recorded other weights than the checkpoint holds now measured its predecessor: not quoted
-        digest = weights_digest(card.path)
+        digest = (digests or {}).get(card.id) or weights_digest(card.path)
         mine = [r for r in rows if r["model"] == card.id and r.get("weights") in (None, digest)]
         if not mine:
             continue

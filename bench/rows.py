@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from bench.common import write_result
-from bench.image import summarise, update_cards
+from bench.image import _steps_by_model, measured_by, merged, summarise, update_cards
 from bench.image_cache import weights_digest
 from engines.registry import Registry
 
@@ -61,8 +61,8 @@ def load_result(path: Path) -> dict:
 
 
 def stamped(row: dict, result: dict) -> dict:
-    """The row with the run that measured it: its own stamp if a merge gave it one, else its file's run."""
-    return row | {"measured": row.get("measured") or {"created": result["created"], "git": result["git"]}}
+    """The row with the run that measured it (`bench.image.measured_by`)."""
+    return row | {"measured": measured_by(row, result)}
 
 
 def taken_rows(source: dict, models: list[str], new_names: dict[str, str], checkpoints: Path) -> list[dict]:
@@ -103,16 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
     added = taken_rows(source, models, new_names, args.checkpoints)
     replaced = {(r["model"], r["steps"]) for r in added}
     kept = [stamped(r, dest) for r in dest["rows"] if (r["model"], r["steps"]) not in replaced]
-    order = list(dict.fromkeys(r["model"] for r in kept + added))
-    rows = sorted(kept + added, key=lambda r: (order.index(r["model"]), r["steps"]))
+    rows = merged(kept, added, [new_names.get(m, m) for m in models])
     by_model: dict[str, list[dict]] = {}
     for r in added:
         by_model.setdefault(r["model"], []).append(r)
     note = "".join(
-        f" Rows of {model} ({'/'.join(str(r['steps']) for r in mine)} steps) added from the run of "
-        f"{mine[0]['measured']['created']} (git {mine[0]['measured']['git']})"
+        f" Rows of {_steps_by_model(mine)} added from the run of {mine[0]['measured']['created']} "
+        f"(git {mine[0]['measured']['git']})"
         + (f", benched there as {mine[0]['benched_as']} (the same weights)." if "benched_as" in mine[0] else ".")
-        for model, mine in by_model.items()
+        for mine in by_model.values()
     )
     extra = {k: v for k, v in dest.items() if k not in ("suite", "device", "created", "git", "rows", "summary")}
     extra["notes"] = extra.get("notes", "") + note

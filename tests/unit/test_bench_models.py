@@ -156,11 +156,11 @@ def test_merge_drops_rows_of_a_checkpoint_replaced_under_the_same_id_even_when_n
     ]
     earlier = {"device": "cpu", "prompts": 560, "created": "2026-12-05T03:33:19+00:00", "git": "c96985e", "rows": rows}
     path.write_text(json.dumps(earlier))
-    shipped = {"shapes-dmd2": "after"}
-    kept, note = kept_rows(path, {("shapes-teacher", 50)}, "cpu", 560, {"shapes-teacher": "t"}, shipped)
+    now = {"shapes-teacher": "t", "shapes-dmd2": "after"}
+    kept, note = kept_rows(path, {("shapes-teacher", 50)}, "cpu", 560, now)
     assert _ids(kept) == _ids(rows[1:])
     assert "shapes-dmd2 (1 steps) from an earlier run dropped: they measured other weights" in note
-    kept, _ = kept_rows(path, {("shapes-teacher", 50)}, "cpu", 560, {"shapes-teacher": "t"}, {"shapes-dmd2": "before"})
+    kept, _ = kept_rows(path, {("shapes-teacher", 50)}, "cpu", 560, {"shapes-teacher": "t", "shapes-dmd2": "before"})
     assert _ids(kept) == _ids(rows)
 
 

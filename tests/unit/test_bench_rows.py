@@ -161,3 +161,18 @@ def test_rows_of_another_device_prompt_count_or_suite_are_refused(files, tmp_pat
         rows_main([str(dest), "--add", str(video), "--models", "x", "--checkpoints", str(checkpoints)])
     with pytest.raises(SystemExit, match="cannot read result file"):
         rows_main([str(dest), "--add", str(tmp_path / "missing.json"), "--models", "x"])
+
+
+def test_a_row_an_older_merge_only_named_in_its_note_keeps_that_run(files) -> None:
+    """Files from before per-row stamps say in their notes which run a kept row came from: that run, not the
+    file's own, goes on the row."""
+    dest, source, checkpoints = files
+    result = json.loads(dest.read_text())
+    result["notes"] += (
+        " Rows of shapes-teacher (25 steps) kept from the run of 2026-12-01T10:00:00+00:00 (git abc1234) on a device"
+        " of the same name."
+    )
+    dest.write_text(json.dumps(result))
+    rows_main([str(dest), "--add", str(source), "--models", "shapes-dmd2-v", "--checkpoints", str(checkpoints)])
+    runs = {(r["model"], r["steps"]): r["measured"]["git"] for r in json.loads(dest.read_text())["rows"]}
+    assert runs[("shapes-teacher", 25)] == "abc1234" and runs[("shapes-teacher", 50)] == "bdcd38d"
