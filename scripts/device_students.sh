@@ -2,8 +2,15 @@
 #   bash scripts/device_students.sh train MINUTES [NAMES]  trains every variant below (or the NAMES given) for
 #                                                    MINUTES, detached, waiting up to WAIT_SECONDS for them (a second
 #                                                    call on the still-warm machine resumes each run exactly)
-#   bash scripts/device_students.sh bench            benches the teacher and every exported student on
+#   bash scripts/device_students.sh bench [MODELS]   benches the teacher and every exported student on
 #                                                    560 prompts; returns the results and the best exports
+#   bash scripts/device_students.sh pipeline MINUTES NAMES [MODELS]
+#                                                    train NAMES, then bench MODELS (default: NAMES), all
+#                                                    detached; this call and later ones (`wait`) wait up to
+#                                                    WAIT_SECONDS for the end and then return what `bench` does.
+#                                                    KEEP="a b" names the exports returned as checkpoints.
+# A variant's spec may hold two words for this script: --after=NAME starts it once NAME's run has ended
+# (a two-stage method, on that stage's export), and --share=F gives it F of MINUTES.
 # Each variant is NAME="config overrides"; its run lives in runs/NAME and exports as checkpoint NAME.
 # Carry .device (MiniLM + wheels); keep checkpoints other than shapes-teacher/shapes-features out of the tree.
 # Variants that start from the shipped student need it in the tree too, and teacher + student + carry
@@ -35,6 +42,14 @@ VARIANTS=(
   "shapes-dmd2-reg=shapes-dmd2 --method_config.regression_weight=2"
   # session 20: the session-11 one-step GAN fine-tune (0.652 -> 0.727 on the previous teacher), from shapes-dmd2-reg
   "shapes-dmd2-reg-1step-gan=shapes-dmd2 --init_from=runs/exports/shapes-dmd2-reg --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
+  # session 21: the other methods' students of the stage-5c teacher, all at once on one GPU, and reward-weighted
+  # DMD2 on stage 1's recipe (its training evaluations compare with shapes-dmd2-reg's at equal steps).
+  # Reflow's two stages share the minutes; their pair sets are halved so pair making leaves time to train.
+  "shapes-lcm=shapes-lcm"
+  "shapes-guidance=shapes-guidance"
+  "shapes-reflow=shapes-reflow --share=0.5 --method_config.pair_set=4096"
+  "shapes-reflow-distill=shapes-reflow-distill --after=shapes-reflow --share=0.5 --init_from=runs/exports/shapes-reflow --method_config.pair_set=4096"
+  "shapes-dmd2-reg-reward=shapes-dmd2 --method_config.regression_weight=2 --method_config.reward_beta=2 --method_config.reward_workers=4"
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
@@ -52,6 +67,8 @@ train() {  # NAME CONFIG MINUTES [overrides]
     --export.output_dir=runs/exports/$name "$@" 2>&1 | grep --line-buffered -v "kept in float32" >> $R/$name.log
   cp runs/$name/metrics.jsonl $R/metrics-$name.jsonl
   cp runs/$name/samples/latest.png $R/samples-$name.png 2>/dev/null
+  cp runs/exports/$name/card.json $R/card-$name.json 2>/dev/null
+  touch $R/$name.done
 }
 
 case $1 in
@@ -74,12 +91,52 @@ case $1 in
     for v in "${VARIANTS[@]}"; do
       name=${v%%=*}; spec=(${v#*=})
       [ -n "$3" ] && [[ " $3 " != *" $name "* ]] && continue  # optional: only the named variants
-      train $name ${spec[0]} $2 "${spec[@]:1}" &
+      rm -f $R/$name.done
+      after=""; share=1; overrides=()
+      for word in "${spec[@]:1}"; do
+        case $word in
+          --after=*) after=${word#--after=} ;;
+          --share=*) share=${word#--share=} ;;
+          *) overrides+=("$word") ;;
+        esac
+      done
+      minutes=$(python3 -c "print(round($2 * $share, 2))")
+      if [ -n "$after" ]; then
+        (while [ ! -f $R/$after.done ]; do sleep 2; done; train $name ${spec[0]} $minutes "${overrides[@]}") &
+      else
+        train $name ${spec[0]} $minutes "${overrides[@]}" &
+      fi
     done
     wait
     touch $R/train.done
     ;;
+  pipeline)
+    rm -f $R/pipeline.done $R/train.done
+    models=${4:-$3}
+    setsid nohup bash -c "bash scripts/device_students.sh train-detached '$2' '$3'; \
+      KEEP='$KEEP' bash scripts/device_students.sh bench-run '${models// /,}'; touch $R/pipeline.done" \
+      > $R/pipeline.out 2>&1 < /dev/null &
+    bash scripts/device_students.sh wait
+    ;;
+  wait)
+    for i in $(seq ${WAIT_SECONDS:-540}); do [ -f $R/pipeline.done ] && break; sleep 1; done
+    for f in $R/*.log; do echo "== $f"; grep -E "^step|^eval at|budget|Error|error" $f | tail -3; done
+    if [ -f $R/pipeline.done ]; then
+      tail -n 60 $R/pipeline.out
+      bash scripts/device_students.sh collect
+    else
+      echo "not done after ${WAIT_SECONDS:-540} s: call wait again on the warm machine"
+    fi
+    ;;
   bench)
+    bash scripts/device_students.sh bench-run "$2" && bash scripts/device_students.sh collect
+    ;;
+  collect)
+    tar cf $OUT/results.tar -C $R --exclude='exports.tar.*' .
+    cp $R/exports.tar.* $OUT/ 2>/dev/null
+    ls -la $OUT
+    ;;
+  bench-run)
     # a detached `train` still running: wait for its exports (up to WAIT_SECONDS, default 300)
     for i in $(seq ${WAIT_SECONDS:-300}); do { [ ! -f $R/train.out ] || [ -f $R/train.done ]; } && break; sleep 1; done
     models=shapes-teacher
@@ -93,19 +150,23 @@ case $1 in
     # rows of models not benched again are kept from the committed result file of this GPU (--merge)
     mkdir -p $R/bench && cp bench/results/image-*.json bench/results/image-*.md $R/bench/ 2>/dev/null
     python -m bench image --models $models --out $R/bench --merge > $R/bench-image.log 2>&1
+    # a guidance-distilled student keeps the teacher's sampler: bench it at its own 25 steps too
+    [[ ",$models," == *,shapes-guidance,* ]] && [ -d checkpoints/shapes-guidance ] && python -m bench image \
+      --models shapes-guidance --student-steps 25 --out $R/bench --merge >> $R/bench-image.log 2>&1
     tail -n 45 $R/bench-image.log
-    tar cf $OUT/results.tar -C $R .
     # the best one-step DMD2 variant of this run and the sCM student come back as checkpoints
     best=$(MODELS=$models python3 - <<'PY'
 import glob, json, os
 models = os.environ["MODELS"].split(",")
 rows = json.load(open(max(glob.glob("runs/students/bench/image-*.json"), key=os.path.getmtime)))["rows"]
 dmd = [r for r in rows if r["model"] in models and r["model"].startswith("shapes-dmd2") and r["steps"] == 1]
-print(max(dmd, key=lambda r: r["quality"]["overall"])["model"])
+print(max(dmd, key=lambda r: r["quality"]["overall"])["model"] if dmd else "")
 PY
 )
     echo "best one-step DMD2 variant: $best"
     keep=$best; [[ ",$models," == *,shapes-scm,* ]] && [ -d checkpoints/shapes-scm ] && keep="$keep shapes-scm"
-    tar cf - -C checkpoints $keep | split -b 15000000 - $OUT/exports.tar.
+    [ -n "$KEEP" ] && keep=$KEEP
+    rm -f $R/exports.tar.*
+    tar cf - -C checkpoints $keep | split -b 15000000 - $R/exports.tar.
     ;;
 esac

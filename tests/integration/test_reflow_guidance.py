@@ -177,3 +177,28 @@ def test_measure_straightness_of_the_teacher(studio_registry, text_encoder):
     guided = measure_straightness(engine, None, prompts, seeds, steps=6)  # at the card's guidance (2.0)
     plain = measure_straightness(engine.denoiser, text_encoder, prompts, seeds, steps=6)  # a bare network: guidance 1
     assert all(math.isfinite(s) and s >= 0 for s in (guided, plain))
+
+
+def test_straightness_probe_script_measures_what_training_logs(tmp_path, tiny_image_root, tiny_text_root, text_encoder, capsys):
+    """scripts/probe_straightness.py on a teacher gives the number a reflow run logs before its first update (the
+    student starts as the teacher), so a teacher measured later sits on the run's curve; bad input is refused."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("probe_straightness", REPO / "scripts" / "probe_straightness.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    method = Reflow(tiny_config(tmp_path, tiny_image_root, "reflow", "probe", *REFLOW), CPU, text_encoder)
+    logged = float(method._straightness(method.networks["student"], step=0))
+    teacher = str(tiny_image_root / "tiny-cpu")  # a directory, as users pass their own checkpoints
+    found = probe.main([teacher, "--guidance", "1", "2", "--prompts", "2", "--checkpoints", str(tiny_image_root)])
+    assert found[("tiny-cpu", 1.0)] == pytest.approx(logged, rel=1e-5)
+    assert found[("tiny-cpu", 2.0)] != pytest.approx(logged, rel=1e-3)  # CFG bends the path differently
+    with pytest.raises(SystemExit):
+        probe.main(["tiny-cpu", "--guidance", "0.5", "--checkpoints", str(tiny_image_root)])
+    assert "--guidance must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe.main([str(tiny_text_root / "tiny-text"), "--checkpoints", str(tiny_image_root)])
+    assert "is a text checkpoint; straightness is measured on image ODEs" in capsys.readouterr().err

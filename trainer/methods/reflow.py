@@ -127,6 +127,17 @@ def guided_field(network, cond: TextEmbedding, null: TextEmbedding, guidance: fl
     return lambda x, sigma: cfg_velocity(model, x, sigma * 1000, cond, null, guidance)[0]
 
 
+def straightness_probe(
+    text_encoder: TextEncoder, resolution: int, device: torch.device, n: int = 8
+) -> tuple[TextEmbedding, TextEmbedding, torch.Tensor]:
+    """The fixed held-out captions (the world's eval scenes of seed 7) and noises (seeds 0..n-1) that training
+    logs `straightness` on, so a checkpoint measured later (scripts/probe_straightness.py) compares with the
+    curve: (caption embeddings, null embeddings, noise)."""
+    prompts = [s.caption for s in shapes.eval_scenes(n, seed=7)]
+    noise, _ = initial_noise(list(range(n)), (3, resolution, resolution), device)
+    return text_encoder.encode(prompts).to(device), text_encoder.null(n).to(device), noise
+
+
 @torch.no_grad()
 def measure_straightness(
     model,
@@ -206,7 +217,7 @@ class Reflow(ImageMethod):
         if self.args.stage == "distill":
             self.override_export("default_steps", 1, "the distill stage trains the one-step map")
         self.last_straightness: float | None = None
-        self._probe: tuple[TextEmbedding, torch.Tensor] | None = None
+        self._probe: tuple[TextEmbedding, TextEmbedding, torch.Tensor] | None = None
         self._measured: tuple[int, torch.Tensor] | None = None
         self.pairs: PairSet | None = None
         if self.args.pair_set:
@@ -268,13 +279,10 @@ class Reflow(ImageMethod):
         """Measured once per step (micro-batches reuse it) on fixed held-out captions and seeds."""
         if self._measured is None or self._measured[0] != step:
             if self._probe is None:
-                n = self.args.straightness_prompts
-                prompts = [s.caption for s in shapes.eval_scenes(n, seed=7)]
-                noise, _ = initial_noise(list(range(n)), (3, self.resolution, self.resolution), self.device)
-                self._probe = (self.text_encoder.encode(prompts).to(self.device), noise)
-            cond, noise = self._probe
+                self._probe = straightness_probe(self.text_encoder, self.resolution, self.device, self.args.straightness_prompts)
+            cond, null, noise = self._probe
             # The bare network: a measurement must not run through DDP's gradient hooks.
-            field = guided_field(unwrap(network), cond, self.text_encoder.null(noise.shape[0]), 1.0)
+            field = guided_field(unwrap(network), cond, null, 1.0)
             value = straightness(field, noise, self.args.straightness_steps)
             self._measured = (step, value)
             self.last_straightness = float(value)
