@@ -50,6 +50,11 @@ VARIANTS=(
   "shapes-reflow=shapes-reflow --share=0.5 --method_config.pair_set=4096"
   "shapes-reflow-distill=shapes-reflow-distill --after=shapes-reflow --share=0.5 --init_from=runs/exports/shapes-reflow --method_config.pair_set=4096"
   "shapes-dmd2-reg-reward=shapes-dmd2 --method_config.regression_weight=2 --method_config.reward_beta=2 --method_config.reward_workers=4"
+  # session 21 (not yet run): reflow's one-step map had the best one-step FD (34.6, judge 0.639) after 4 minutes on a
+  # quarter of the GPU; the one-step GAN-headed DMD2 stage that lifted the shipped student (0.568 -> 0.714), started
+  # from it instead (the critic still starts from the teacher). Alone: pipeline 8 "shapes-reflow
+  # shapes-reflow-distill shapes-dmd2-from-reflow" runs the three stages for 4 + 4 + 8 minutes.
+  "shapes-dmd2-from-reflow=shapes-dmd2 --after=shapes-reflow-distill --init_from=runs/exports/shapes-reflow-distill --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
