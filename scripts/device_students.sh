@@ -54,6 +54,9 @@ VARIANTS=(
   # quarter of the GPU; the one-step GAN-headed DMD2 stage that lifted the shipped student (0.568 -> 0.714), started
   # from it instead (the critic still starts from the teacher). Alone: pipeline 8 "shapes-reflow
   # shapes-reflow-distill shapes-dmd2-from-reflow" runs the three stages for 4 + 4 + 8 minutes.
+  # session 21 (not yet run): LCM with the loop's EMA as its target (method_config.target=ema, LCM's own choice),
+  # beside the online target that diverged slowly in session 21 (loss 3.0 -> 3.8, gradient norm 238 -> 669)
+  "shapes-lcm-ema=shapes-lcm --method_config.target=ema"
   "shapes-dmd2-from-reflow=shapes-dmd2 --after=shapes-reflow-distill --init_from=runs/exports/shapes-reflow-distill --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
 )
 R=runs/students && mkdir -p $R runs/exports

@@ -216,6 +216,7 @@ def test_distils_an_sd_layout_unet_teacher(method, sd_layout_teacher, text_encod
         ("lcm", ["--method_config.skip=0"], r"method_config.skip must be in \[1, num_timesteps=50\], got 0"),
         ("lcm", ["--method_config.weighting=snr"], r"method_config.weighting must be one of inverse_step, uniform"),
         ("lcm", ["--method_config.teacher_guidance=0.5"], r"teacher_guidance must be >= 1"),
+        ("lcm", ["--method_config.target=teacher"], r"method_config.target must be one of online, ema, got 'teacher'"),
         ("scm", ["--method_config.p_std=0"], r"method_config.p_std must be > 0"),
         ("scm", ["--method_config.tangent_warmup_steps=soon"], r"method_config.tangent_warmup_steps must be int"),
         ("scm", ["--method_config.tangent_norm_c=-1"], r"tangent_norm_c must be > 0"),
@@ -238,3 +239,33 @@ def test_a_teacher_is_required(method, text_encoder, tmp_path):
         method_class(method)(
             load_config(CONFIG, [f"--method={method}", f"--teacher={missing}"]), torch.device("cpu"), text_encoder
         )
+
+
+def test_lcm_ema_target_follows_the_loops_ema_and_resumes_exactly(tiny_image_root, text_encoder, tmp_path):
+    """target: ema reads the loop's EMA of the student: the first step's loss equals the online target's (the EMA
+    starts as the student), later ones differ, and a run killed after step 2 logs step 3 and 4 as an unbroken one."""
+    from trainer.loop import StopFlag
+
+    teacher = tiny_image_root / "tiny-cpu"
+
+    def run(name: str, target: str, stop: StopFlag | None = None):
+        overrides = run_overrides("lcm", teacher, tmp_path / name, name, 4) + [f"--method_config.target={target}"]
+        on_step = (lambda step: stop.set() if step == 2 else None) if stop is not None else None
+        train(load_config(CONFIG, overrides), stop=stop, on_step=on_step, text_encoder=text_encoder)
+        return logged_losses(tmp_path / name / "run")
+
+    online, ema = run("online", "online"), run("ema", "ema")
+    assert len(online) == len(ema) == 4
+    assert ema[0] == online[0]
+    assert all(a != b for a, b in zip(ema[1:], online[1:]))
+    stop = StopFlag()
+    assert run("broken", "ema", stop) == ema[:2]
+    assert run("broken", "ema") == ema
+
+    method = method_class("lcm")(
+        load_config(CONFIG, run_overrides("lcm", teacher, tmp_path / "bare", "bare", 1) + ["--method_config.target=ema"]),
+        torch.device("cpu"),
+        text_encoder,
+    )
+    with pytest.raises(RuntimeError, match="needs the training loop's EMA"):
+        method._target_network(method.networks["student"])
