@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from engines.registry import Registry
-from trainer.methods.reflow import guided_field, straightness, straightness_probe
+from trainer.methods.reflow import measure_straightness, probe_prompts
 
 
 def main(argv: list[str] | None = None) -> dict[tuple[str, float], float]:
@@ -31,18 +29,15 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, float], float]:
     if bad := [g for g in args.guidance if g < 1]:
         parser.error(f"--guidance must be >= 1 (1 = no CFG), got {bad}")
     registry = Registry([args.checkpoints], device="cpu")
+    prompts, seeds = probe_prompts(args.prompts), list(range(args.prompts))
     results = {}
     for model in args.models:
         model_id = registry.add(model).id if Path(model).is_dir() else model
+        if (modality := registry.card(model_id).modality) != "image":
+            parser.error(f"{model} is a {modality} checkpoint; straightness is measured on image ODEs")
         engine = registry.engine(model_id)
-        if engine.card.modality != "image":
-            parser.error(f"{model} is a {engine.card.modality} checkpoint; straightness is measured on image ODEs")
-        cond, null, noise = straightness_probe(
-            engine.text_encoder, int(engine.card.resolution), torch.device("cpu"), args.prompts
-        )
         for guidance in args.guidance:
-            with torch.no_grad():
-                value = float(straightness(guided_field(engine.denoiser, cond, null, guidance), noise, args.steps))
+            value = measure_straightness(engine, None, prompts, seeds, args.steps, guidance)
             results[(model_id, guidance)] = value
             print(f"{model_id}  guidance {guidance:g}: straightness {value:.5f}")
     return results

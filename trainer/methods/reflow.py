@@ -133,9 +133,13 @@ def straightness_probe(
     """The fixed held-out captions (the world's eval scenes of seed 7) and noises (seeds 0..n-1) that training
     logs `straightness` on, so a checkpoint measured later (scripts/probe_straightness.py) compares with the
     curve: (caption embeddings, null embeddings, noise)."""
-    prompts = [s.caption for s in shapes.eval_scenes(n, seed=7)]
     noise, _ = initial_noise(list(range(n)), (3, resolution, resolution), device)
-    return text_encoder.encode(prompts).to(device), text_encoder.null(n).to(device), noise
+    return text_encoder.encode(probe_prompts(n)).to(device), text_encoder.null(n).to(device), noise
+
+
+def probe_prompts(n: int) -> list[str]:
+    """The probe's captions: the world's held-out eval scenes of seed 7 (noise i comes from seed i)."""
+    return [s.caption for s in shapes.eval_scenes(n, seed=7)]
 
 
 @torch.no_grad()
