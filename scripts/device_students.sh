@@ -54,8 +54,9 @@ VARIANTS=(
   # session 21 (not yet run): reflow's one-step map had the best one-step FD (34.6, judge 0.639) after 4 minutes on a
   # quarter of the GPU; the one-step GAN-headed DMD2 stage that lifted the shipped student (0.568 -> 0.714), started
   # from it instead (the critic still starts from the teacher). Alone: pipeline 8 "shapes-reflow
-  # shapes-reflow-distill shapes-dmd2-from-reflow" runs the three stages for 4 + 4 + 8 minutes.
-  "shapes-dmd2-from-reflow=shapes-dmd2 --after=shapes-reflow-distill --init_from=runs/exports/shapes-reflow-distill --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
+  # shapes-reflow-distill shapes-dmd2-from-reflow" runs the three stages for 4 + 4 + 6 minutes (session 22; the
+  # shipped student's GAN stage took 4.5).
+  "shapes-dmd2-from-reflow=shapes-dmd2 --after=shapes-reflow-distill --share=0.75 --init_from=runs/exports/shapes-reflow-distill --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
   # session 21 (not yet run): LCM with the loop's EMA as its target (method_config.target=ema, LCM's own choice),
   # beside the online target that diverged slowly in session 21 (loss 3.0 -> 3.8, gradient norm 238 -> 669)
   "shapes-lcm-ema=shapes-lcm --method_config.target=ema"

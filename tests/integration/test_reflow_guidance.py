@@ -15,6 +15,7 @@ from engines.requests import ImageRequest
 from trainer.config import ConfigError, load_config
 from trainer.image_task import new_scheduler
 from trainer.loop import train
+from trainer.methods.dmd2 import DMD2
 from trainer.methods.guidance import GuidanceDistillation
 from trainer.methods.reflow import Reflow, measure_straightness, straightness
 from trainer.networks import build_network
@@ -152,6 +153,29 @@ def test_reflow_then_one_step_distill_from_its_export(tmp_path, tiny_image_root,
     assert card.data["init_from"].endswith("reflowed")
     assert registry.engine("one-step").generate(ImageRequest("a blue square", seed=1)).timings.nfe == 1
     assert changed(card.path, tmp_path / "ck" / "reflowed")
+
+    # Stage 3: DMD2's one-step GAN-headed stage from the one-step map: the generator starts at the map, the critic
+    # at the teacher.
+    dmd_config = tiny_config(
+        tmp_path,
+        tiny_image_root,
+        "dmd2",
+        "dmd-from-map",
+        f"--init_from={card.path}",
+        "--method_config.student_steps=[1]",
+        "--method_config.gan_generator_weight=0.005",
+        "--method_config.gan_critic_weight=0.01",
+        "--max_steps=2",
+    )
+    dmd = DMD2(dmd_config, CPU, text_encoder)
+    start = dmd.networks["generator"].state_dict()
+    assert all(torch.equal(start[k], v) for k, v in registry.engine("one-step").denoiser.state_dict().items())
+    del dmd
+    train(dmd_config, text_encoder=text_encoder)
+    registry.refresh()
+    card = registry.card("dmd-from-map")
+    assert (card.method, card.teacher) == ("dmd2", "tiny-cpu")
+    assert card.data["init_from"].endswith("one-step") and changed(card.path, tmp_path / "ck" / "one-step")
 
 
 def test_reflow_rejects_an_unknown_stage_and_a_distill_stage_without_init_from(tmp_path, tiny_image_root, text_encoder):
