@@ -8,7 +8,8 @@
 #                                                    train NAMES, then bench MODELS (default: NAMES), all
 #                                                    detached; this call and later ones (`wait`) wait up to
 #                                                    WAIT_SECONDS for the end and then return what `bench` does.
-#                                                    KEEP="a b" names the exports returned as checkpoints.
+#                                                    KEEP="a b" names the exports returned as checkpoints
+#                                                    (KEEP=none: none, to save the lease's last minutes).
 # A variant's spec may hold two words for this script: --after=NAME starts it once NAME's run has ended
 # (a two-stage method, on that stage's export), and --share=F gives it F of MINUTES.
 # Each variant is NAME="config overrides"; its run lives in runs/NAME and exports as checkpoint NAME.
@@ -46,20 +47,22 @@ VARIANTS=(
   # and reward-weighted DMD2 on stage 1's recipe (not yet run: left out for time; its training evaluations will
   # compare with shapes-dmd2-reg's at equal steps).
   # Reflow's two stages share the minutes; their pair sets are halved so pair making leaves time to train.
-  "shapes-lcm=shapes-lcm"
+  "shapes-lcm=shapes-lcm --method_config.target=online"  # session 21's target; configs/shapes-lcm.yaml now uses ema
   "shapes-guidance=shapes-guidance"
   "shapes-reflow=shapes-reflow --share=0.5 --method_config.pair_set=4096"
   "shapes-reflow-distill=shapes-reflow-distill --after=shapes-reflow --share=0.5 --init_from=runs/exports/shapes-reflow --method_config.pair_set=4096"
   "shapes-dmd2-reg-reward=shapes-dmd2 --method_config.regression_weight=2 --method_config.reward_beta=2 --method_config.reward_workers=4"
-  # session 21 (not yet run): reflow's one-step map had the best one-step FD (34.6, judge 0.639) after 4 minutes on a
+  # session 21: reflow's one-step map had the best one-step FD (34.6, judge 0.639) after 4 minutes on a
   # quarter of the GPU; the one-step GAN-headed DMD2 stage that lifted the shipped student (0.568 -> 0.714), started
   # from it instead (the critic still starts from the teacher). Alone: pipeline 8 "shapes-reflow
-  # shapes-reflow-distill shapes-dmd2-from-reflow" runs the three stages for 4 + 4 + 6 minutes (session 22; the
-  # shipped student's GAN stage took 4.5).
+  # shapes-reflow-distill shapes-dmd2-from-reflow" runs the three stages for 4 + 4 + 6 minutes (the shipped
+  # student's GAN stage took 4.5). Session 22 ran pipeline 4 (2 + 2 + 3 minutes; the lease was short): 0.680 at
+  # 1 step, FD 66.8, below the shipped 0.714 (bench/results/device/reflow-dmd2-lcm-ema-h100/).
   "shapes-dmd2-from-reflow=shapes-dmd2 --after=shapes-reflow-distill --share=0.75 --init_from=runs/exports/shapes-reflow-distill --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
-  # session 21 (not yet run): LCM with the loop's EMA as its target (method_config.target=ema, LCM's own choice),
-  # beside the online target that diverged slowly in session 21 (loss 3.0 -> 3.8, gradient norm 238 -> 669)
-  "shapes-lcm-ema=shapes-lcm --method_config.target=ema"
+  # session 21: LCM with the loop's EMA as its target (method_config.target=ema, LCM's own choice),
+  # beside the online target that diverged slowly in session 21 (loss 3.0 -> 3.8, gradient norm 238 -> 669).
+  # Session 22 ran it alone for 2.5 minutes: 0.843 at 4 steps with FD 23.4, no grain (bench/results/device/reflow-dmd2-lcm-ema-h100/).
+  "shapes-lcm-ema=shapes-lcm --method_config.target=ema"  # the config's own target since session 22
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
@@ -176,6 +179,7 @@ PY
     echo "best one-step DMD2 variant: $best"
     keep=$best; [[ ",$models," == *,shapes-scm,* ]] && [ -d checkpoints/shapes-scm ] && keep="$keep shapes-scm"
     [ -n "$KEEP" ] && keep=$KEEP
+    [ "$KEEP" = none ] && keep=""
     rm -f $R/exports.tar.*
     [ -n "$keep" ] && tar cf - -C checkpoints $keep | split -b 15000000 - $R/exports.tar.
     ;;

@@ -22,6 +22,8 @@ consistency distillation's slowly moving target, here the loop's own EMA of the 
 second EMA kept on the method would not be (it would reset to the student on every resume). On the
 stage-5c teacher (session 21, one shared H100, 381 steps) the online target diverged slowly: the loss
 rose from 3.0 to 3.8 and the gradient norm from 238 to 669, and the students kept grain on every image.
+The EMA target (session 22, alone, 485 steps) drew clean images: FD 23.4 at 4 steps against the online
+target's 5701 (bench/results/device/reflow-dmd2-lcm-ema-h100/), so configs/shapes-lcm.yaml uses it.
 
 Weighting: iCT's lambda = 1 / (s_n - s_{n+k}), normalised by the nominal step k/N so that an
 unshifted grid weighs every pair ~1; on a shifted grid (small steps at high noise) the high-noise
