@@ -63,6 +63,11 @@ VARIANTS=(
   # beside the online target that diverged slowly in session 21 (loss 3.0 -> 3.8, gradient norm 238 -> 669).
   # Session 22 ran it alone for 2.5 minutes: 0.843 at 4 steps with FD 23.4, no grain (bench/results/device/reflow-dmd2-lcm-ema-h100/).
   "shapes-lcm-ema=shapes-lcm --method_config.target=ema"  # the config's own target since session 22
+  # session 22 (not yet run): SANA-Sprint pairs sCM with an adversarial stage; here the one-step GAN-headed DMD2
+  # stage (no regression) starts from the EMA-target LCM student, whose 4-step FD matches the teacher's (23.4)
+  # and keeps free colours (2.95 bits), in place of reflow's map. Alone: pipeline 4 "shapes-lcm-ema
+  # shapes-dmd2-from-lcm" runs 4 + 4 minutes.
+  "shapes-dmd2-from-lcm=shapes-dmd2 --after=shapes-lcm-ema --init_from=runs/exports/shapes-lcm-ema --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
