@@ -157,7 +157,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         method = cls(config, device, text_encoder)
     networks: dict[str, torch.nn.Module] = method.networks
     ema = {name: copy.deepcopy(networks[name]).requires_grad_(False).eval() for name in method.ema_roles}
-    if hasattr(method, "attach_ema"):  # a method whose targets follow the EMA (LCM): the same networks the
+    if hasattr(method, "attach_ema"):  # optional hook (trainer/methods/__init__.py): the same networks the
         method.attach_ema(ema)  # checkpoints hold, so a resumed run's targets are exactly the killed run's
     optimizers = {
         name: torch.optim.AdamW(

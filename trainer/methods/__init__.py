@@ -18,6 +18,8 @@ optional:
     lr_scales: dict[str, float]       per-network multiplier of the scheduled lr
     stochastic_sampling: bool         the exported sampler jumps to x0 and re-noises (few-step students)
     teacher_id: str                   written to the card's `teacher`
+    attach_ema(ema: dict[str, nn.Module])   receives the loop's EMA networks (the checkpointed ones) before
+                                      training, for a method whose targets follow them (LCM's `target: ema`)
 Frozen networks (a teacher) live on the method, not in `networks`. Shared pieces for distillation
 (teacher loading, guided estimates, backward simulation) are in trainer/distill.py.
 """
