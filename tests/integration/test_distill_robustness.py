@@ -103,6 +103,8 @@ def test_dmd2_reward_weighting_and_gan_head_train_and_log(dmd2_args, text_encode
         "--method_config.reward_workers=2",  # judged in spawned processes, as on the GPU
         "--method_config.gan_generator_weight=0.01",
         "--method_config.gan_critic_weight=0.01",
+        "--method_config.gan_taps=[mid_block,up_blocks.1]",  # the bottleneck and the full-resolution up block
+        "--method_config.gan_sigma_max=0.5",
         "--max_steps=3",
     )
     train(load_config("configs/tiny-cpu.yaml", args), text_encoder=text_encoder)
@@ -112,4 +114,9 @@ def test_dmd2_reward_weighting_and_gan_head_train_and_log(dmd2_args, text_encode
     record = json.loads((tmp_path / "extras" / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 <= record["reward"] <= 1.0
     critic = ckpt.latest_checkpoint(tmp_path / "extras") / "critic" / "model.safetensors"
-    assert critic.is_file()  # the critic with its GAN head is checkpointed (safetensors) for exact resume
+    assert critic.is_file()  # the critic with its GAN heads is checkpointed (safetensors) for exact resume
+    from safetensors import safe_open
+
+    with safe_open(critic, "pt") as saved:
+        heads = {k.split(".net.")[0] for k in saved.keys() if ".net." in k and "head" in k}
+    assert heads == {"head", "extra_heads.0"}

@@ -31,7 +31,7 @@ counts share the first step (every grid starts at sigma 1), so multi-step studen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,10 @@ from trainer.worlds import shapes
 class DMD2Config(distill.CriticDistillConfig):
     gan_generator_weight: float = 0.0  # 0 turns the GAN head off
     gan_critic_weight: float = 0.0
+    # blocks of the critic whose outputs feed one GAN head each (dotted module paths, e.g. "up_blocks.1");
+    # empty: the bottleneck (a UNet's mid_block, a transformer's middle block)
+    gan_taps: list[str] = field(default_factory=list)
+    gan_sigma_max: float | None = None  # GAN noise levels uniform in [sigma_min, this]; None: DMD's levels
     regression_pairs: int = 4096  # pairs in the fixed set (made once, kept in <run_dir>/ode-pairs.safetensors)
     regression_pair_steps: int = 25  # Euler steps of the teacher ODE that makes them, at the real score's CFG
 
@@ -60,6 +64,12 @@ class DMD2Config(distill.CriticDistillConfig):
         super().__post_init__()
         if min(self.gan_generator_weight, self.gan_critic_weight) < 0:
             raise ConfigError("GAN weights must be >= 0")
+        if self.gan_sigma_max is not None and not self.sigma_min < self.gan_sigma_max <= 1:
+            raise ConfigError(
+                f"method_config.gan_sigma_max must be in (sigma_min={self.sigma_min}, 1], got {self.gan_sigma_max}"
+            )
+        if any(not isinstance(tap, str) or not tap for tap in self.gan_taps):
+            raise ConfigError(f"method_config.gan_taps must be a list of module paths, got {self.gan_taps!r}")
         if self.regression_pairs < 1 or self.regression_pair_steps < 1:
             raise ConfigError(
                 f"method_config needs regression_pairs >= 1 and regression_pair_steps >= 1, got "
@@ -94,31 +104,57 @@ class GANHead(torch.nn.Module):
         return self.out(self.net(features).mean(dim=(2, 3))).squeeze(1)
 
 
-class Critic(torch.nn.Module):
-    """The fake score (a denoiser) plus a GAN head reading its bottleneck through a forward hook."""
+def _tap_channels(module: torch.nn.Module) -> int:
+    """Output channels of a critic block: its last conv's or linear's (a block's output width)."""
+    for layer in reversed(list(module.modules())):
+        if isinstance(layer, torch.nn.Conv2d):
+            return int(layer.out_channels)
+        if isinstance(layer, torch.nn.Linear):
+            return int(layer.out_features)
+    raise ConfigError(f"GAN tap {type(module).__name__} has no conv or linear layer to read its width from")
 
-    def __init__(self, denoiser: torch.nn.Module, gan: bool) -> None:
+
+class Critic(torch.nn.Module):
+    """The fake score (a denoiser) plus GAN heads reading some of its blocks through forward hooks."""
+
+    def __init__(self, denoiser: torch.nn.Module, gan: bool, taps: list[str] | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
         inner = unwrap(denoiser)
-        if hasattr(inner, "mid_block"):  # UNet2DConditionModel
-            tap, channels = inner.mid_block, int(inner.config.block_out_channels[-1])
-        else:  # SD3Transformer2DModel: the middle block's image tokens
-            tap = inner.transformer_blocks[len(inner.transformer_blocks) // 2]
-            channels = int(inner.config.num_attention_heads * inner.config.attention_head_dim)
-        self.head = GANHead(channels) if gan else None
-        self._features: torch.Tensor | None = None
+        modules, widths = [], []
+        for path in taps or []:
+            try:
+                module = inner.get_submodule(path)
+            except AttributeError as err:
+                raise ConfigError(f"method_config.gan_taps: the critic has no block {path!r} ({err})") from None
+            modules.append(module)
+            widths.append(_tap_channels(module))
+        if not modules and hasattr(inner, "mid_block"):  # UNet2DConditionModel: the bottleneck
+            modules, widths = [inner.mid_block], [int(inner.config.block_out_channels[-1])]
+        elif not modules:  # SD3Transformer2DModel: the middle block's image tokens
+            modules = [inner.transformer_blocks[len(inner.transformer_blocks) // 2]]
+            widths = [int(inner.config.num_attention_heads * inner.config.attention_head_dim)]
+        # the first head keeps the key `head` that the single bottleneck head had (earlier runs resume exactly)
+        self.head = GANHead(widths[0]) if gan else None
+        self.extra_heads = torch.nn.ModuleList(GANHead(w) for w in widths[1:]) if gan else None
+        self._features: list[torch.Tensor | None] = [None] * len(modules)
         if gan:
-            tap.register_forward_hook(self._keep)
+            for index, module in enumerate(modules):
+                module.register_forward_hook(self._keeper(index))
 
-    def _keep(self, _module, _inputs, output) -> None:
-        self._features = output[1] if isinstance(output, tuple) else output
+    def _keeper(self, index: int):
+        def keep(_module, _inputs, output) -> None:
+            self._features[index] = output[1] if isinstance(output, tuple) else output
+
+        return keep
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, states, pooled, mask, classify: bool = False):
+        """(velocity, logits): logits (heads, B), one real/fake logit per GAN head, when `classify`."""
         v = velocity(self.denoiser, x, sigma * 1000, TextEmbedding(states, pooled, mask))
         if not classify:
             return v, None
-        return v, self.head(self._features.float())
+        heads = [self.head, *self.extra_heads]
+        return v, torch.stack([head(f.float()) for head, f in zip(heads, self._features, strict=True)])
 
 
 class DMD2(DistillationMethod):
@@ -135,7 +171,7 @@ class DMD2(DistillationMethod):
 
         start = config.init_from or config.teacher
         gan = self.args.gan_generator_weight > 0 or self.args.gan_critic_weight > 0
-        self.networks = {"generator": load_network(start), "critic": Critic(load_network(config.teacher), gan)}
+        self.networks = {"generator": load_network(start), "critic": Critic(load_network(config.teacher), gan, self.args.gan_taps)}
         self.ema_roles = ("generator",)
         self.lr_scales = {"critic": self.args.critic_lr_scale}
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
@@ -200,7 +236,11 @@ class DMD2(DistillationMethod):
             loss = dmd
             metrics["loss/dmd"] = dmd.detach()
             if self.args.gan_generator_weight > 0:
-                _, logits = critic(x_t, t, emb.states, emb.pooled, emb.mask, classify=True)
+                x_gan, t_gan = x_t, t
+                if self.args.gan_sigma_max is not None:  # the GAN's own, lower noise levels
+                    t_gan = self._gan_noise_level(b, rng)
+                    x_gan = distill.add_noise(x0, torch.randn(shape, generator=rng, device=self.device), t_gan)
+                _, logits = critic(x_gan, t_gan, emb.states, emb.pooled, emb.mask, classify=True)
                 gan = F.softplus(-logits).mean()
                 loss = loss + self.args.gan_generator_weight * gan
                 metrics["loss/gan_generator"] = gan.detach()
@@ -218,16 +258,23 @@ class DMD2(DistillationMethod):
         loss = flow_matching_loss(v, x0, noise)
         metrics = {"loss/critic": loss.detach()}
         if self.args.gan_critic_weight > 0:
-            t = distill.dmd_noise_level(self.args, b, rng, self.device)
+            t = self._gan_noise_level(b, rng)
             real = render_batch(batch, r, self.device)
             both = torch.cat([real, x0])
             t2, noise2 = torch.cat([t, t]), torch.randn(both.shape, generator=rng, device=self.device)
             states, pooled, mask = (torch.cat([a, a]) for a in (emb.states, emb.pooled, emb.mask))
             _, logits = critic(distill.add_noise(both, noise2, t2), t2, states, pooled, mask, classify=True)
-            gan = F.softplus(-logits[:b]).mean() + F.softplus(logits[b:]).mean()
+            gan = F.softplus(-logits[:, :b]).mean() + F.softplus(logits[:, b:]).mean()
             loss = loss + self.args.gan_critic_weight * gan
             metrics["loss/gan_critic"] = gan.detach()
         return loss, metrics
+
+    def _gan_noise_level(self, b: int, rng: torch.Generator) -> torch.Tensor:
+        """(b,) noise levels of the GAN's real and fake images: DMD's, or uniform up to `gan_sigma_max`."""
+        if self.args.gan_sigma_max is None:
+            return distill.dmd_noise_level(self.args, b, rng, self.device)
+        low, high = self.args.sigma_min, self.args.gan_sigma_max
+        return low + (high - low) * torch.rand(b, generator=rng, device=self.device)
 
     def _rewards(self, x0: torch.Tensor, conditions: list) -> torch.Tensor:
         """1 where the world's judge accepts a sample for its caption, else 0 (judged on the CPU, in
