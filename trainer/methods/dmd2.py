@@ -171,7 +171,8 @@ class DMD2(DistillationMethod):
 
         start = config.init_from or config.teacher
         gan = self.args.gan_generator_weight > 0 or self.args.gan_critic_weight > 0
-        self.networks = {"generator": load_network(start), "critic": Critic(load_network(config.teacher), gan, self.args.gan_taps)}
+        critic = Critic(load_network(config.teacher), gan, self.args.gan_taps)
+        self.networks = {"generator": load_network(start), "critic": critic}
         self.ema_roles = ("generator",)
         self.lr_scales = {"critic": self.args.critic_lr_scale}
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
