@@ -65,9 +65,7 @@ class DMD2Config(distill.CriticDistillConfig):
         if min(self.gan_generator_weight, self.gan_critic_weight) < 0:
             raise ConfigError("GAN weights must be >= 0")
         if self.gan_sigma_max is not None and not self.sigma_min < self.gan_sigma_max <= 1:
-            raise ConfigError(
-                f"method_config.gan_sigma_max must be in (sigma_min={self.sigma_min}, 1], got {self.gan_sigma_max}"
-            )
+            raise ConfigError(f"method_config.gan_sigma_max must be in (sigma_min={self.sigma_min}, 1], got {self.gan_sigma_max}")
         if any(not isinstance(tap, str) or not tap for tap in self.gan_taps):
             raise ConfigError(f"method_config.gan_taps must be a list of module paths, got {self.gan_taps!r}")
         if self.regression_pairs < 1 or self.regression_pair_steps < 1:
