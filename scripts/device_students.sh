@@ -66,7 +66,7 @@ VARIANTS=(
   # session 22 (not yet run): SANA-Sprint pairs sCM with an adversarial stage; here the one-step GAN-headed DMD2
   # stage (no regression) starts from the EMA-target LCM student, whose 4-step FD matches the teacher's (23.4)
   # and keeps free colours (2.95 bits), in place of reflow's map. Alone: pipeline 4 "shapes-lcm-ema
-  # shapes-dmd2-from-lcm" runs 4 + 4 minutes.
+  # shapes-dmd2-from-lcm" runs 4 + 4 minutes. Session 23 ran pipeline 3.5: 0.627 at 1 step, FD 50.5.
   "shapes-dmd2-from-lcm=shapes-dmd2 --after=shapes-lcm-ema --init_from=runs/exports/shapes-lcm-ema --method_config.student_steps=[1] --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
   # session 23: the shipped student's one-step failures are shapes the detector cannot read (ghosted, half-drawn
   # objects), and its GAN stage's discriminator barely told real from fake (critic GAN loss 1.17-1.34, chance
@@ -74,10 +74,13 @@ VARIANTS=(
   # stage (its own weights 0.005/0.01), each with a 6x stronger generator GAN weight: as they were; with the GAN's
   # noise levels kept below 0.5, where edges are visible; and with that plus heads on the 32- and 64-px up blocks.
   # They need the shipped student in the tree: keep-teacher first (tree with the teacher), then within the idle
-  # window pipeline 8.5 with the tree holding shapes-dmd2 in its place.
-  "shapes-dmd2-gan-strong=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05"
-  "shapes-dmd2-gan-low=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5"
-  "shapes-dmd2-gan-taps=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1]"
+  # window pipeline 8.5 with the tree holding shapes-dmd2 in its place. Each takes ~40 GB at batch 128: run one
+  # at a time on an 80 GB card. Session 23 ran gan-taps alone (820 steps): 0.739 at 1 step but FD 60.1, sizes
+  # narrowed (bench/results/device/gan-taps-dmd2-from-lcm-h100/); gan-strong ran out of memory beside it and
+  # gan-low did not run, so which change bought the shapes is open.
+  "shapes-dmd2-1step-gan-strong=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05"
+  "shapes-dmd2-1step-gan-low=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5"
+  "shapes-dmd2-1step-gan-taps=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1]"
 )
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
