@@ -2,6 +2,8 @@
 #   bash scripts/device_students.sh train MINUTES [NAMES]  trains every variant below (or the NAMES given) for
 #                                                    MINUTES, detached, waiting up to WAIT_SECONDS for them (a second
 #                                                    call on the still-warm machine resumes each run exactly)
+#   bash scripts/device_students.sh list             the variants' names (checks them: no name twice, every
+#                                                    config and --after stage exists; every command does)
 #   bash scripts/device_students.sh bench [MODELS]   benches the teacher and every exported student on
 #                                                    560 prompts; returns the results and the best exports
 #   bash scripts/device_students.sh pipeline MINUTES NAMES [MODELS]
@@ -18,8 +20,6 @@
 # exceed the 64 MiB a call may send: send the teacher first and keep it on the warm machine,
 #   bash scripts/device_students.sh keep-teacher     (tree with shapes-teacher: copies it to runs/teacher)
 # then, within idle_release_s, train with shapes-dmd2 in the tree instead; runs use runs/teacher.
-source scripts/device_env.sh
-export PYTHONPATH=.
 VARIANTS=(
   "shapes-dmd2=shapes-dmd2"
   "shapes-dmd2-gan=shapes-dmd2 --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
@@ -81,7 +81,36 @@ VARIANTS=(
   "shapes-dmd2-1step-gan-strong=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05"
   "shapes-dmd2-1step-gan-low=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5"
   "shapes-dmd2-1step-gan-taps=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1]"
+  # session 23 (not yet run): gan-taps drew readable shapes but narrowed sizes (free sizes 1.51 -> 1.39 bits, FD
+  # 37.2 -> 60.1); DMD's regression loss on teacher ODE pairs is what kept stage 1's modes broad (free colours 2.93).
+  # The same stage with the pairs at weight 2 (pair making ~110 s on an H100), alone: pipeline 9 with this name.
+  "shapes-dmd2-1step-gan-taps-reg=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
 )
+# Checked before anything runs (here and in tests/unit/test_device_students.py): a name given twice trains twice
+# (session 23: two copies of one variant ran out of GPU memory beside a third run), and a stage waiting for an
+# unknown --after never starts.
+names=() && for v in "${VARIANTS[@]}"; do names+=("${v%%=*}"); done
+dups=$(printf '%s\n' "${names[@]}" | sort | uniq -d | tr '\n' ' ')
+[ -n "$dups" ] && { echo "device_students.sh: variant names given twice: $dups" >&2; exit 2; }
+for v in "${VARIANTS[@]}"; do
+  spec=(${v#*=})
+  [ -f configs/${spec[0]}.yaml ] || { echo "device_students.sh: ${v%%=*} names configs/${spec[0]}.yaml, which does not exist" >&2; exit 2; }
+  for word in "${spec[@]:1}"; do
+    if [[ $word == --after=* ]] && [[ " ${names[*]} " != *" ${word#--after=} "* ]]; then
+      echo "device_students.sh: ${v%%=*} waits for ${word#--after=}, which is not a variant" >&2; exit 2
+    fi
+  done
+done
+if [ "$1" = list ]; then printf '%s\n' "${names[@]}"; exit 0; fi
+# the names asked for must be variants (a typo would train nothing and bench nothing)
+if [[ $1 == train || $1 == pipeline ]]; then
+  for n in $3; do
+    [[ " ${names[*]} " == *" $n "* ]] || { echo "device_students.sh: no variant named $n (list: bash scripts/device_students.sh list)" >&2; exit 2; }
+  done
+fi
+
+source scripts/device_env.sh
+export PYTHONPATH=.
 R=runs/students && mkdir -p $R runs/exports
 # 16 cores shared by five trainings: two BLAS threads and two data workers each. Measured on an H200
 # (bench/results/device/students-h200): five DMD2-sized runs at once made ~60-110 images/s each against
@@ -174,9 +203,14 @@ case $1 in
     for v in "${VARIANTS[@]}"; do models="$models,${v%%=*}"; done
     [ -n "$2" ] && models=$2  # optional: only these models
     # the registry reads checkpoints/, which each call's tree sync resets: copy the exports in here
+    present=""
     for n in ${models//,/ }; do
       [ -d runs/exports/$n ] && rm -rf checkpoints/$n && cp -r runs/exports/$n checkpoints/$n
+      # a run that died before its export (session 23: out of memory) must not cost the others their bench
+      if [ -f checkpoints/$n/card.json ]; then present="$present,$n"; else echo "bench: no export of $n, skipped"; fi
     done
+    models=${present#,}
+    [ -z "$models" ] && { echo "bench: nothing to bench"; exit 0; }
     unset OMP_NUM_THREADS
     # rows of models not benched again are kept from the committed result file of this GPU (--merge)
     mkdir -p $R/bench && cp bench/results/image-*.json bench/results/image-*.md $R/bench/ 2>/dev/null
