@@ -66,6 +66,8 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
+    # activation checkpointing in the trained networks (trainer/networks.py): less memory, about a third more compute
+    gradient_checkpointing: bool = False
     num_workers: int = 0  # data-loader processes making batches ahead of the GPU
     log_every: int = 10
     sample_every: int = 500

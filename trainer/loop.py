@@ -25,6 +25,7 @@ from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, to_dict
 from trainer.guard import CollapseGuard, TrainingCollapsed
 from trainer.methods import method_class
+from trainer.networks import enable_gradient_checkpointing
 
 
 def step_progress(config: TrainConfig, step: int) -> float:
@@ -194,6 +195,9 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
         torch.backends.cudnn.benchmark = True
         for net in [*networks.values(), *ema.values()]:
             net.to(memory_format=torch.channels_last)
+    if config.gradient_checkpointing:
+        for name, net in networks.items():
+            enable_gradient_checkpointing(net, name)
     for name in networks:
         networks[name], optimizers[name] = accelerator.prepare(networks[name], optimizers[name])
     for net in ema.values():

@@ -120,3 +120,38 @@ def test_dmd2_reward_weighting_and_gan_head_train_and_log(dmd2_args, text_encode
     with safe_open(critic, "pt") as saved:
         heads = {k.split(".net.")[0] for k in saved.keys() if ".net." in k and "head" in k}
     assert heads == {"head", "extra_heads.0"}
+
+
+def test_gradient_checkpointing_trains_the_same_losses(dmd2_args, text_encoder, tmp_path, monkeypatch):
+    """Activation checkpointing only trades memory for recomputation: the GAN-headed DMD2 run logs the same losses
+    with it on, in the generator and in the critic that wraps its denoiser."""
+    from trainer import loop, networks
+
+    turned_on = {}
+
+    def spy(network, role):
+        turned_on[role] = networks.enable_gradient_checkpointing(network, role)
+        return turned_on[role]
+
+    monkeypatch.setattr(loop, "enable_gradient_checkpointing", spy)
+    gan = ["--method_config.gan_generator_weight=0.01", "--method_config.gan_critic_weight=0.01", "--max_steps=3"]
+    train(load_config("configs/tiny-cpu.yaml", dmd2_args("plain", *gan)), text_encoder=text_encoder)
+    assert turned_on == {}
+    checkpointing = dmd2_args("ckpt", *gan, "--gradient_checkpointing=true")
+    train(load_config("configs/tiny-cpu.yaml", checkpointing), text_encoder=text_encoder)
+    assert turned_on == {"generator": 1, "critic": 1}
+    plain, checkpointed = losses(tmp_path / "plain"), losses(tmp_path / "ckpt")
+    assert sorted(plain) == sorted(checkpointed) == [1, 2, 3]
+    for step in plain:
+        assert checkpointed[step] == pytest.approx(plain[step], rel=1e-5, abs=1e-7)
+
+
+def test_gradient_checkpointing_turns_on_in_wrapped_models_and_refuses_plain_modules():
+    from trainer.methods.dmd2 import Critic
+    from trainer.networks import build_network, enable_gradient_checkpointing
+
+    critic = Critic(build_network("unet-tiny"), gan=True)
+    assert enable_gradient_checkpointing(critic, "critic") == 1
+    assert critic.denoiser.is_gradient_checkpointing
+    with pytest.raises(ConfigError, match=r"the student network \(Linear\) holds no diffusers or transformers model"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2), "student")
