@@ -75,9 +75,10 @@ VARIANTS=(
   # noise levels kept below 0.5, where edges are visible; and with that plus heads on the 32- and 64-px up blocks.
   # They need the shipped student in the tree: keep-teacher first (tree with the teacher), then within the idle
   # window pipeline 8.5 with the tree holding shapes-dmd2 in its place. Each peaks near 51 GB at batch 128: run
-  # one at a time on an 80 GB card, or add --gradient_checkpointing=true (14 GB, 0.79x the speed). Session 23 ran gan-taps alone (820 steps): 0.739 at 1 step but FD 60.1, sizes
-  # narrowed (bench/results/device/gan-taps-dmd2-from-lcm-h100/); gan-strong ran out of memory beside it and
-  # gan-low did not run, so which change bought the shapes is open.
+  # one at a time on an 80 GB card, or add --gradient_checkpointing=true (14 GB, 0.79x the speed). Session 23 ran
+  # gan-taps alone (820 steps): 0.739 at 1 step but FD 60.1, sizes narrowed
+  # (bench/results/device/gan-taps-dmd2-from-lcm-h100/); gan-strong ran out of memory beside it and gan-low did
+  # not run, so which change bought the shapes is open.
   "shapes-dmd2-1step-gan-strong=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05"
   "shapes-dmd2-1step-gan-low=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5"
   "shapes-dmd2-1step-gan-taps=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1]"
