@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import ModelMixin, SD3Transformer2DModel, UNet2DConditionModel
+from transformers import PreTrainedModel
 
 from trainer.config import ConfigError
 
@@ -141,9 +142,6 @@ def enable_gradient_checkpointing(network: torch.nn.Module, role: str) -> int:
     them, trading compute for memory: session 23's one-step GAN stage at batch 128 peaked at 51 GB on an H100
     without it and 14 GB with it, at 0.79x the speed (bench/results/device/gradient-checkpointing-h100/), and
     SD-class students need it to fit at all. Returns how many models it turned on in."""
-    from diffusers import ModelMixin
-    from transformers import PreTrainedModel
-
     enabled, covered = 0, set()  # the outermost models: each turns it on in the models nested inside it
     for module in network.modules():
         if id(module) in covered:

@@ -119,19 +119,15 @@ class Critic(torch.nn.Module):
         super().__init__()
         self.denoiser = denoiser
         inner = unwrap(denoiser)
-        modules, widths = [], []
-        for path in taps or []:
+        if not taps:  # the bottleneck: a UNet's mid block, a transformer's middle block (its image tokens)
+            taps = ["mid_block"] if hasattr(inner, "mid_block") else [f"transformer_blocks.{len(inner.transformer_blocks) // 2}"]
+        modules = []
+        for path in taps:
             try:
-                module = inner.get_submodule(path)
+                modules.append(inner.get_submodule(path))
             except AttributeError as err:
                 raise ConfigError(f"method_config.gan_taps: the critic has no block {path!r} ({err})") from None
-            modules.append(module)
-            widths.append(_tap_channels(module))
-        if not modules and hasattr(inner, "mid_block"):  # UNet2DConditionModel: the bottleneck
-            modules, widths = [inner.mid_block], [int(inner.config.block_out_channels[-1])]
-        elif not modules:  # SD3Transformer2DModel: the middle block's image tokens
-            modules = [inner.transformer_blocks[len(inner.transformer_blocks) // 2]]
-            widths = [int(inner.config.num_attention_heads * inner.config.attention_head_dim)]
+        widths = [_tap_channels(module) for module in modules]
         # the first head keeps the key `head` that the single bottleneck head had (earlier runs resume exactly)
         self.head = GANHead(widths[0]) if gan else None
         self.extra_heads = torch.nn.ModuleList(GANHead(w) for w in widths[1:]) if gan else None
