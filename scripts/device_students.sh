@@ -86,6 +86,9 @@ VARIANTS=(
   # 37.2 -> 60.1); DMD's regression loss on teacher ODE pairs is what kept stage 1's modes broad (free colours 2.93).
   # The same stage with the pairs at weight 2 (pair making ~110 s on an H100), alone: pipeline 9 with this name.
   "shapes-dmd2-1step-gan-taps-reg=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
+  # session 24: gan-taps-reg benched 0.730 at 1 step with FD 35.7 (both better than the shipped student); the same
+  # recipe continued from its export (kept on the machine under runs/exports), for as long again
+  "shapes-dmd2-1step-gan-taps-reg-long=shapes-dmd2 --init_from=runs/exports/shapes-dmd2-1step-gan-taps-reg --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
 )
 # Checked before anything runs (here and in tests/unit/test_device_students.py): a name given twice trains twice
 # (session 23: two copies of one variant ran out of GPU memory beside a third run), and a stage waiting for an

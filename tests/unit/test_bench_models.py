@@ -141,6 +141,34 @@ def test_image_summary_says_whether_the_best_one_step_student_meets_the_target()
     assert "one_step_target_met" not in summarise([teacher[0], _image_row("a", "student", 1, 0.9, 1.0)])  # no 50 steps
 
 
+def test_image_summary_names_the_best_one_step_student_within_the_fd_limit() -> None:
+    """The judge-best one-step student and the one closest to both targets can differ: the summary names both, and
+    the target counts as met when any one student meets both halves."""
+    from bench.image import summarise
+
+    teacher = [_image_row("t", "teacher", 25, 0.88, 17.0), _image_row("t", "teacher", 50, 0.87, 20.0)]
+    sharp = _image_row("sharp", "student", 1, 0.74, 60.0)  # best judge, FD far over 30.0
+    broad = _image_row("broad", "student", 1, 0.73, 29.5)
+    blurry = _image_row("blurry", "student", 1, 0.60, 25.0)
+    summary = summarise([*teacher, sharp, broad, blurry])
+    assert summary["student_best_1step_model"] == "sharp"
+    assert summary["one_step_fd_limit"] == 30.0 and abs(summary["one_step_judge_floor"] - 0.87) < 1e-12
+    assert summary["students_1step_within_fd_limit"] == ["blurry", "broad"]
+    assert (summary["student_best_1step_within_fd_limit"], summary["student_best_1step_within_fd_limit_overall"]) == (
+        "broad",
+        0.73,
+    )
+    assert summary["one_step_target_met"] is False
+    # a student meeting both halves meets the target even when another scores a higher judge
+    good = _image_row("good", "student", 1, 0.875, 29.0)
+    met = summarise([*teacher, _image_row("sharper", "student", 1, 0.95, 60.0), good])
+    assert met["student_best_1step_model"] == "sharper" and met["one_step_target_met"] is True
+    assert met["student_best_1step_within_fd_limit"] == "good"
+    # nobody within the limit: no such model is named
+    none = summarise([*teacher, sharp])
+    assert none["students_1step_within_fd_limit"] == [] and "student_best_1step_within_fd_limit" not in none
+
+
 def test_merge_drops_rows_of_a_checkpoint_replaced_under_the_same_id_even_when_not_measured(tmp_path) -> None:
     """Benching only the teacher again must not carry a replaced student's rows forward under the student's id."""
     import json
