@@ -20,6 +20,9 @@
 # exceed the 64 MiB a call may send: send the teacher first and keep it on the warm machine,
 #   bash scripts/device_students.sh keep-teacher     (tree with shapes-teacher: copies it to runs/teacher)
 # then, within idle_release_s, train with shapes-dmd2 in the tree instead; runs use runs/teacher.
+# A variant starting from a replaced checkpoint (the stage-2 student, shapes-dmd2 until session 24) needs it
+# restored from git first (scripts/checkpoint_from_git.py, git-ignored) and named in the call's carry list;
+# train and pipeline refuse a named variant whose --init_from=checkpoints/... is not there.
 VARIANTS=(
   "shapes-dmd2=shapes-dmd2"
   "shapes-dmd2-gan=shapes-dmd2 --method_config.gan_generator_weight=0.005 --method_config.gan_critic_weight=0.01"
@@ -73,22 +76,30 @@ VARIANTS=(
   # 1.39) at DMD's noise levels on the bottleneck alone. Three continuations of the shipped student's one-step GAN
   # stage (its own weights 0.005/0.01), each with a 6x stronger generator GAN weight: as they were; with the GAN's
   # noise levels kept below 0.5, where edges are visible; and with that plus heads on the 32- and 64-px up blocks.
-  # They need the shipped student in the tree: keep-teacher first (tree with the teacher), then within the idle
-  # window pipeline 8.5 with the tree holding shapes-dmd2 in its place. Each peaks near 51 GB at batch 128: run
+  # They start from that student, the stage-2 student, which session 24 replaced as shapes-dmd2: restore it with
+  # `python scripts/checkpoint_from_git.py be7131b shapes-dmd2 --as shapes-dmd2-reg-1step-gan` (git-ignored) and
+  # name it in the call's carry list. keep-teacher first (tree with the teacher), then within the idle window the
+  # pipeline, with the tree holding shapes-features alone and carrying the restored student. Each peaks near 51 GB at batch 128: run
   # one at a time on an 80 GB card, or add --gradient_checkpointing=true (14 GB, 0.79x the speed). Session 23 ran
   # gan-taps alone (820 steps): 0.739 at 1 step but FD 60.1, sizes narrowed
   # (bench/results/device/gan-taps-dmd2-from-lcm-h100/); gan-strong ran out of memory beside it and gan-low did
   # not run, so which change bought the shapes is open.
-  "shapes-dmd2-1step-gan-strong=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05"
-  "shapes-dmd2-1step-gan-low=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5"
-  "shapes-dmd2-1step-gan-taps=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1]"
+  "shapes-dmd2-1step-gan-strong=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05"
+  "shapes-dmd2-1step-gan-low=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5"
+  "shapes-dmd2-1step-gan-taps=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1]"
   # session 23 (not yet run): gan-taps drew readable shapes but narrowed sizes (free sizes 1.51 -> 1.39 bits, FD
   # 37.2 -> 60.1); DMD's regression loss on teacher ODE pairs is what kept stage 1's modes broad (free colours 2.93).
   # The same stage with the pairs at weight 2 (pair making ~110 s on an H100), alone: pipeline 9 with this name.
-  "shapes-dmd2-1step-gan-taps-reg=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
-  # session 24: gan-taps-reg benched 0.730 at 1 step with FD 35.7 (both better than the shipped student); the same
-  # recipe continued from its export (kept on the machine under runs/exports), for as long again
-  "shapes-dmd2-1step-gan-taps-reg-long=shapes-dmd2 --init_from=runs/exports/shapes-dmd2-1step-gan-taps-reg --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
+  "shapes-dmd2-1step-gan-taps-reg=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
+  # session 24: gan-taps-reg benched 0.730 at 1 step with FD 35.7, better than the stage-2 student on both, and
+  # ships as shapes-dmd2. Continued from those weights with a fresh critic for 6 minutes (run from its export on the
+  # machine; now the same weights as checkpoints/shapes-dmd2): 0.732 but FD 49.0 (bench/results/device/gan-taps-reg-h100/)
+  "shapes-dmd2-1step-gan-taps-reg-long=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
+  # session 24 (not yet run): the regression loss at weight 2 kept sizes (size failures 11 % -> 1 %) but gave back
+  # most of the shape gain (unreadable shapes in counting images 6 % -> 23 %); weight 2 was set for the 1/2/4-step
+  # first stage. The same stage from the stage-2 student at weights 1 and 0.5, each alone: pipeline 9 with one name.
+  "shapes-dmd2-1step-gan-taps-reg1=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=1"
+  "shapes-dmd2-1step-gan-taps-reg05=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=0.5"
 )
 # Checked before anything runs (here and in tests/unit/test_device_students.py): a name given twice trains twice
 # (session 23: two copies of one variant ran out of GPU memory beside a third run), and a stage waiting for an
@@ -110,6 +121,19 @@ if [ "$1" = list ]; then printf '%s\n' "${names[@]}"; exit 0; fi
 if [[ $1 == train || $1 == pipeline ]]; then
   for n in $3; do
     [[ " ${names[*]} " == *" $n "* ]] || { echo "device_students.sh: no variant named $n (list: bash scripts/device_students.sh list)" >&2; exit 2; }
+  done
+  # a checkpoint a named variant starts from must be in this call's tree or carry (runs/ is the machine's own):
+  # a run without it dies at once, but the call would still wait out WAIT_SECONDS for the detached pipeline
+  for v in "${VARIANTS[@]}"; do
+    [[ " $3 " == *" ${v%%=*} "* ]] || continue
+    for word in ${v#*=}; do
+      init=${word#--init_from=}
+      if [[ $word == --init_from=checkpoints/* ]] && [ ! -f "$init/card.json" ]; then
+        echo "device_students.sh: ${v%%=*} starts from $init, which is not here: put it in the tree or carry it" \
+          "(a replaced checkpoint: python scripts/checkpoint_from_git.py COMMIT ID --as NAME)" >&2
+        exit 2
+      fi
+    done
   done
 fi
 

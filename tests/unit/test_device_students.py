@@ -57,3 +57,22 @@ def test_an_unknown_name_in_a_call_is_refused(tmp_path) -> None:
         done = _run(cwd, command, "3", "shapes-dmd2 shapes-typo")
         assert done.returncode == 2 and "no variant named shapes-typo" in done.stderr
     assert not (cwd / "runs").exists()
+
+
+def test_a_variant_whose_starting_checkpoint_is_missing_is_refused(tmp_path) -> None:
+    """The session-23 GAN stages start from the replaced stage-2 student: without it in the tree the call says how
+    to restore it, and creates nothing; with it there the check passes."""
+    cwd = _workdir(tmp_path)
+    done = _run(cwd, "pipeline", "3", "shapes-dmd2-1step-gan-taps-reg1")
+    assert done.returncode == 2 and not (cwd / "runs").exists()
+    assert "starts from checkpoints/shapes-dmd2-reg-1step-gan, which is not here" in done.stderr
+    assert "scripts/checkpoint_from_git.py" in done.stderr
+    # variants asked for alone are checked: one starting from checkpoints it has passes on to the machine's set-up,
+    # here a stand-in that stops the script
+    (cwd / "scripts" / "device_env.sh").write_text("echo SET-UP REACHED; exit 3\n")
+    other = _run(cwd, "pipeline", "3", "shapes-lcm-ema")
+    assert other.returncode == 3 and "SET-UP REACHED" in other.stdout
+    (cwd / "checkpoints" / "shapes-dmd2-reg-1step-gan").mkdir(parents=True)
+    (cwd / "checkpoints" / "shapes-dmd2-reg-1step-gan" / "card.json").write_text("{}")
+    passed = _run(cwd, "pipeline", "3", "shapes-dmd2-1step-gan-taps-reg1")
+    assert passed.returncode == 3 and "SET-UP REACHED" in passed.stdout, passed.stderr
