@@ -8,6 +8,9 @@ from __future__ import annotations
 from engines.card import ModelCard, load_card
 
 SEEN_KEYS = ("images_seen", "clips_seen", "sequences_seen")
+# what a run records about itself at its card's top level; its stage entry keeps a copy, because the next stage's
+# run replaces the top level (session 24: a third stage's card had lost the second's ODE-pair set)
+RUN_KEYS = ("init_from", "ode_pairs", "stage")
 
 
 def continued_card(init_from: str | None, export_id: str) -> ModelCard | None:
@@ -36,14 +39,21 @@ def with_earlier_stages(
         return data, seconds
     seen = next((k for k in SEEN_KEYS if k in data), None)
     stage = {"config": run_dir, "train_gpu_seconds": seconds, **({seen: data[seen]} if seen else {})}
+    stage |= {k: data[k] for k in RUN_KEYS if k in data}
     if device:
         stage["device"] = device
-    first = {k: v for k, v in earlier.data.items() if k != "stages"} | {"train_gpu_seconds": earlier.train_gpu_seconds}
+    if "stages" in earlier.data:
+        stages = [dict(s) for s in earlier.data["stages"]]
+        # a card written before stage entries kept their run's record still holds it at its top level
+        stages[-1] |= {k: earlier.data[k] for k in RUN_KEYS if k in earlier.data and k not in stages[-1]}
+    else:
+        first = {k: v for k, v in earlier.data.items() if k != "stages"} | {"train_gpu_seconds": earlier.train_gpu_seconds}
+        if earlier.device:
+            first["device"] = earlier.device  # a one-stage model's card names its device at the top level
+        stages = [first]
     if earlier.id != export_id:
-        first["model"] = earlier.id  # the student this one was fine-tuned from
-    if earlier.device and "stages" not in earlier.data:
-        first["device"] = earlier.device  # a one-stage model's card names its device at the top level
-    data = {**data, "stages": [*earlier.data.get("stages", [first]), stage]}
+        stages[-1].setdefault("model", earlier.id)  # the student this one was fine-tuned from
+    data = {**data, "stages": [*stages, stage]}
     if seen:
         data[seen] += earlier.data.get(seen, 0)
     return data, round(seconds + earlier.train_gpu_seconds, 1)

@@ -71,3 +71,34 @@ def test_a_student_fine_tuned_from_another_student_reports_both_runs(tmp_path) -
     assert seconds == 1771.4 and data["images_seen"] == 580
     assert data["stages"][0]["model"] == "shapes-dmd2" and data["stages"][0]["train_gpu_seconds"] == 1230.0
     assert data["stages"][1] == {"config": "runs/gan", "train_gpu_seconds": 541.4, "images_seen": 80, "device": "NVIDIA H200"}
+
+
+def test_each_stage_keeps_its_own_run_record_and_the_student_it_came_from(tmp_path) -> None:
+    """A stage's ODE-pair set and starting point live at the card's top level until the next stage replaces it: the
+    stage entry keeps them, also for a card written before entries did, and a chain of students names each one."""
+    pairs_a = {"count": 4096, "made_in_s": 106.2}
+    pairs_b = {"count": 4096, "made_in_s": 106.6}
+    base = _save(tmp_path, "s", "stage-1", 800.0, {"images_seen": 5, "init_from": None, "ode_pairs": pairs_a}, role="student")
+    data2, seconds2 = with_earlier_stages({"images_seen": 1}, 200.0, base, "stage-2", "runs/two")
+    assert data2["stages"][0]["model"] == "stage-1" and data2["stages"][0]["ode_pairs"] == pairs_a
+    second = _save(tmp_path, "t", "stage-2", seconds2, data2, role="student")
+    own = {"images_seen": 2, "init_from": "checkpoints/stage-2", "ode_pairs": pairs_b}
+    data3, _ = with_earlier_stages(own, 300.0, second, "stage-3", "runs/three")
+    assert data3["stages"][1]["model"] == "stage-2"  # the student the third stage started from
+    assert data3["stages"][2] == {
+        "config": "runs/three",
+        "train_gpu_seconds": 300.0,
+        "images_seen": 2,
+        "init_from": "checkpoints/stage-2",
+        "ode_pairs": pairs_b,
+    }
+    third = _save(tmp_path, "u", "stage-3", 1300.0, data3, role="student")
+    data4, _ = with_earlier_stages({"images_seen": 3}, 60.0, third, "stage-4", "runs/four")
+    assert data4["stages"][2]["ode_pairs"] == pairs_b and data4["stages"][2]["model"] == "stage-3"
+    assert data4["stages"][0]["ode_pairs"] == pairs_a
+    # a card from before stage entries kept their record: its last stage takes it from the top level
+    old = dict(data3, stages=[{k: v for k, v in s.items() if k not in ("ode_pairs", "init_from")} for s in data3["stages"]])
+    legacy = _save(tmp_path, "v", "stage-3", 1300.0, old, role="student")
+    data5, _ = with_earlier_stages({"images_seen": 3}, 60.0, legacy, "stage-3", "runs/five")
+    assert data5["stages"][2]["ode_pairs"] == pairs_b and data5["stages"][2]["init_from"] == "checkpoints/stage-2"
+    assert "model" not in data5["stages"][2]  # a further stage under the same id names no other model
