@@ -140,16 +140,22 @@ def test_dmd2_with_the_regression_loss_trains_logs_and_resumes_exactly(dmd2_args
     assert all(math.isfinite(a[s]["loss/regression"]) and a[s]["loss/regression"] > 0 for s in generator_steps)
     for step in (4, 5):  # the steps after the kill
         assert a[step] == b[step]
+    # on block means the same run logs a smaller distance (edges no longer count) through the same loop
+    train(dmd2_config(dmd2_args, "pooled", "--method_config.regression_pool=4"), text_encoder=text_encoder)
+    pooled = logged(tmp_path / "pooled")
+    assert 0 < pooled[1]["loss/regression"] < a[1]["loss/regression"]
 
 
-def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(dmd2_args, text_encoder):
-    method = DMD2(dmd2_config(dmd2_args, "pull"), CPU, text_encoder)
+@pytest.mark.parametrize("pool", [1, 4])
+def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(dmd2_args, text_encoder, pool):
+    method = DMD2(dmd2_config(dmd2_args, "pull", f"--method_config.regression_pool={pool}"), CPU, text_encoder)
+    assert method.args.regression_pool == pool
     generator = method.networks["generator"]
     optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
     values = []
     for _ in range(12):  # the same 6 pairs each time: only the generator changes
         z, emb, teacher_images = method._pair_batch(6, torch.Generator().manual_seed(0))
-        loss = regression_loss(distill.predict_x0(generator, z, torch.ones(6), emb), teacher_images)
+        loss = regression_loss(distill.predict_x0(generator, z, torch.ones(6), emb), teacher_images, pool)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -157,9 +163,28 @@ def test_the_regression_loss_pulls_the_one_step_map_to_the_pairs(dmd2_args, text
     assert values[-1] < 0.8 * values[0]
 
 
+def test_pooled_regression_compares_block_means_so_edges_are_left_free():
+    """Pool p: a change whose p x p block means are zero (edge detail) costs nothing, one that moves mass between
+    blocks (a size or a position) costs what it costs on block means; pool 1 is the pixel distance."""
+    torch.manual_seed(0)
+    teacher = torch.rand(2, 3, 16, 16)
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(8, 8) * 0.3  # zero mean in every 2x2 and 4x4 block
+    assert regression_loss(teacher + checker, teacher, 4).item() < 1e-12
+    assert regression_loss(teacher + checker, teacher, 2).item() < 1e-12
+    assert regression_loss(teacher + checker, teacher, 1).item() == pytest.approx(0.5 * 0.09)
+    moved = teacher.clone()
+    moved[..., :4, :4] += 0.5  # one 4x4 block brighter: a low-frequency change
+    expected = 0.5 * (0.5**2) / 16  # one of the 16 block means of each image and channel off by 0.5
+    assert regression_loss(moved, teacher, 4).item() == pytest.approx(expected)
+    assert regression_loss(moved, teacher, 1).item() == pytest.approx(expected)  # 16 px of 256 off by 0.5
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        ("--method_config.regression_pool=0", "regression_pool must be an integer >= 1"),
+        ("--method_config.regression_pool=2.5", "regression_pool must be int"),
+        ("--method_config.regression_pool=3", "regression_pool 3 does not divide the"),
         ("--method_config.regression_weight=-0.1", "regression_weight must be >= 0"),
         ("--method_config.regression_pairs=0", "regression_pairs >= 1"),
         ("--method_config.regression_pair_steps=0", "regression_pair_steps >= 1"),

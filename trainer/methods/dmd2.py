@@ -25,7 +25,8 @@ L_reg = 0.5 mean (G(z, 1) - y)^2, the same form as the DMD loss above, so `regre
 the two pulls directly. Distribution matching is mode-seeking and lets go of what captions leave free
 (DMD2 students draw fewer colours than the teacher, `free_colour_bits`); the pairs tie the one-step
 map to the teacher's modes. The paper uses LPIPS; there is no LPIPS network offline, and a distance
-in the FD feature network's space would train on the metric, so the distance is on pixels. All step
+in the FD feature network's space would train on the metric, so the distance is on pixels, or with
+`regression_pool` p on p x p block means, which hold layout, sizes and colours but not edges. All step
 counts share the first step (every grid starts at sigma 1), so multi-step students get it too.
 """
 
@@ -59,6 +60,10 @@ class DMD2Config(distill.CriticDistillConfig):
     gan_sigma_max: float | None = None  # GAN noise levels uniform in [sigma_min, this]; None: DMD's levels
     regression_pairs: int = 4096  # pairs in the fixed set (made once, kept in <run_dir>/ode-pairs.safetensors)
     regression_pair_steps: int = 25  # Euler steps of the teacher ODE that makes them, at the real score's CFG
+    # the regression distance on p x p block means: 1 is pixels. A one-step map regressed onto its teacher's endpoints
+    # averages them, and a pixel distance pays for that with ghosted edges (session 24: the pairs kept sizes but
+    # undid the GAN's shapes); block means keep the layout, sizes and colours and leave edges to DMD and the GAN
+    regression_pool: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,6 +73,8 @@ class DMD2Config(distill.CriticDistillConfig):
             raise ConfigError(f"method_config.gan_sigma_max must be in (sigma_min={self.sigma_min}, 1], got {self.gan_sigma_max}")
         if any(not isinstance(tap, str) or not tap for tap in self.gan_taps):
             raise ConfigError(f"method_config.gan_taps must be a list of module paths, got {self.gan_taps!r}")
+        if isinstance(self.regression_pool, bool) or not isinstance(self.regression_pool, int) or self.regression_pool < 1:
+            raise ConfigError(f"method_config.regression_pool must be an integer >= 1 (1: pixels), got {self.regression_pool!r}")
         if self.regression_pairs < 1 or self.regression_pair_steps < 1:
             raise ConfigError(
                 f"method_config needs regression_pairs >= 1 and regression_pair_steps >= 1, got "
@@ -75,9 +82,13 @@ class DMD2Config(distill.CriticDistillConfig):
             )
 
 
-def regression_loss(one_step: torch.Tensor, teacher_images: torch.Tensor) -> torch.Tensor:
-    """DMD's regression term: 0.5 mean squared distance of G's one-step images to the teacher's from the same noise."""
-    return 0.5 * ((one_step.float() - teacher_images.float()) ** 2).mean()
+def regression_loss(one_step: torch.Tensor, teacher_images: torch.Tensor, pool: int = 1) -> torch.Tensor:
+    """DMD's regression term: 0.5 mean squared distance of G's one-step images to the teacher's from the same noise,
+    on `pool` x `pool` block means (1: on pixels)."""
+    a, b = one_step.float(), teacher_images.float()
+    if pool > 1:
+        a, b = F.avg_pool2d(a, pool), F.avg_pool2d(b, pool)
+    return 0.5 * ((a - b) ** 2).mean()
 
 
 class GANHead(torch.nn.Module):
@@ -167,6 +178,11 @@ class DMD2(DistillationMethod):
         gan = self.args.gan_generator_weight > 0 or self.args.gan_critic_weight > 0
         critic = Critic(load_network(config.teacher), gan, self.args.gan_taps)
         self.networks = {"generator": load_network(start), "critic": critic}
+        if self.resolution % self.args.regression_pool:
+            raise ConfigError(
+                f"method_config.regression_pool {self.args.regression_pool} does not divide the {self.resolution}-px "
+                f"images into whole blocks"
+            )
         self.ema_roles = ("generator",)
         self.lr_scales = {"critic": self.args.critic_lr_scale}
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
@@ -240,7 +256,7 @@ class DMD2(DistillationMethod):
                 loss = loss + self.args.gan_generator_weight * gan
                 metrics["loss/gan_generator"] = gan.detach()
             if self.pairs is not None:
-                regression = regression_loss(one_step, pair_images)
+                regression = regression_loss(one_step, pair_images, self.args.regression_pool)
                 loss = loss + self.args.regression_weight * regression
                 metrics["loss/regression"] = regression.detach()
             return loss, metrics
