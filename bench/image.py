@@ -18,6 +18,7 @@ import torch
 
 from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
 from bench.image_cache import cache_key, cached_images, weights_digest
+from bench.image_plots import plot
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
 from engines.features import CARD_FILE as FEATURES_CARD
@@ -304,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fd_floor_by_resolution": {str(k): v for k, v in sorted(floors.items())},
     }
     json_path, md_path = write_result("image", device_slug(device), device_name(device), rows, summary, extra, args.out)
-    print(f"wrote {json_path} and {md_path}")
+    plots = plot(json.loads(json_path.read_text()), args.out, device_slug(device))
+    print(f"wrote {json_path}, {md_path} and {', '.join(p.name for p in plots)}")
     if args.update_cards:
         update_cards(registry, rows, json_path, digests)
     return json.loads(json_path.read_text())

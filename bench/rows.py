@@ -18,6 +18,7 @@ from pathlib import Path
 from bench.common import write_result
 from bench.image import _steps_by_model, measured_by, merged, summarise, update_cards
 from bench.image_cache import weights_digest
+from bench.image_plots import plot
 from engines.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra["notes"] = extra.get("notes", "") + note
     slug = args.dest.stem.removeprefix("image-")
     json_path, md_path = write_result("image", slug, dest["device"], rows, summarise(rows), extra, args.dest.parent)
+    plot(json.loads(json_path.read_text()), args.dest.parent, slug)  # the plots follow the rows
     for model in models:  # the run's sample sheet travels with its rows
         sheet = args.add.parent / f"image-{model}-{slug}.png"
         if sheet.is_file():

@@ -98,6 +98,8 @@ def test_renamed_rows_replace_the_old_weights_rows_and_keep_where_every_row_came
     assert "benched there as shapes-dmd2-v (the same weights)" in result["notes"]
     table = dest.with_suffix(".md").read_text()
     assert "| shapes-dmd2 | student | dmd2 |" in table and "shapes-dmd2-v |" not in table
+    # the plots are drawn again from the new rows, beside the result file
+    assert (dest.parent / "image-h100-judge-vs-fd.png").is_file() and (dest.parent / "image-h100-judge-vs-nfe.png").is_file()
     assert (dest.parent / "image-shapes-dmd2-h100.png").read_bytes() == b"sheet"
 
 
