@@ -151,10 +151,12 @@ export OMP_NUM_THREADS=2
 TEACHER=()
 [ ! -f checkpoints/shapes-teacher/card.json ] && [ -f runs/teacher/card.json ] && TEACHER=(--teacher=runs/teacher)
 
+# Runs share their ODE pair sets through runs/pair-cache (a set is keyed by its recipe and the teacher's weights):
+# the second regression variant of a lease skips the ~107 s of pair making; its card still counts them (made_in_s).
 train() {  # NAME CONFIG MINUTES [overrides]
   local name=$1 config=$2 minutes=$3; shift 3
   python -m trainer train configs/$config.yaml "${TEACHER[@]}" --run_dir=runs/$name --max_minutes=$minutes --compile=false \
-    --num_workers=2 --eval_every=300 --eval_prompts=140 --export.id=$name \
+    --num_workers=2 --eval_every=300 --eval_prompts=140 --export.id=$name --pair_cache=runs/pair-cache \
     --export.output_dir=runs/exports/$name "$@" 2>&1 | grep --line-buffered -v "kept in float32" >> $R/$name.log
   cp runs/$name/metrics.jsonl $R/metrics-$name.jsonl
   cp runs/$name/samples/latest.png $R/samples-$name.png 2>/dev/null

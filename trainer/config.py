@@ -43,6 +43,9 @@ class TrainConfig:
     model_preset: str = "dit-s"
     init_from: str | None = None  # an exported checkpoint directory to start the network from
     teacher: str | None = None  # distillation methods: the frozen teacher's checkpoint directory
+    # a folder runs share their ODE pair sets through (trainer/ode_pairs.py): a run reuses a set another run made by
+    # the same recipe from the same teacher weights, instead of spending the teacher's ODE on it again
+    pair_cache: str | None = None
     text_encoder: str | None = None  # model dir or package; None = the packaged MiniLM
     max_tokens: int = 40
     seed: int = 0

@@ -21,6 +21,7 @@ Users: reflow's `pair_set`, DMD2's `regression_weight` (images), Self-Forcing's 
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import time
@@ -240,12 +241,36 @@ def run_pair_set(
         frames=frames,
         interactive_fraction=interactive_fraction,
     )
-    return ode_pair_set(Path(config.run_dir) / "ode-pairs.safetensors", recipe, teacher.network, text_encoder, device)
+    cache = shared_pair_path(Path(config.pair_cache), recipe, teacher.network) if config.pair_cache else None
+    path = Path(config.run_dir) / "ode-pairs.safetensors"
+    return ode_pair_set(path, recipe, teacher.network, text_encoder, device, cache=cache)
 
 
-def ode_pair_set(path: Path, recipe: PairRecipe, network, text_encoder: TextEncoder, device: torch.device) -> PairSet:
+def network_digest(network: torch.nn.Module) -> str:
+    """sha256 over a network's parameters and buffers (names, dtypes, shapes, bytes): the weights that drew a set.
+    A recipe names its teacher by card id, and a retrained teacher keeps its id."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def shared_pair_path(cache: Path, recipe: PairRecipe, network: torch.nn.Module) -> Path:
+    """Where runs share the set of this recipe drawn by these weights."""
+    key = hashlib.sha256(f"{recipe.metadata()['recipe']}|{network_digest(network)}".encode()).hexdigest()[:20]
+    return Path(cache) / f"{recipe.teacher}-{key}.safetensors"
+
+
+def ode_pair_set(
+    path: Path, recipe: PairRecipe, network, text_encoder: TextEncoder, device: torch.device, cache: Path | None = None
+) -> PairSet:
     """The set at `path` when it was made by this recipe; made (and saved there) when absent. A set of
-    another recipe is refused, not overwritten: it may be what a run being resumed trained on."""
+    another recipe is refused, not overwritten: it may be what a run being resumed trained on. With `cache`
+    (`shared_pair_path`), a set another run made there is copied in instead of made, and a set made here is
+    left there for the next run. Its making time travels with it: each run's card counts it (`made_in_s`),
+    as the cost of making the model from nothing."""
     path = Path(path)
     if path.exists():
         pairs = load_pair_set(path)
@@ -256,6 +281,15 @@ def ode_pair_set(path: Path, recipe: PairRecipe, network, text_encoder: TextEnco
             )
         print(f"ode pairs: reusing {len(pairs)} pairs from {path}", flush=True)
         return pairs
+    if cache is not None and Path(cache).exists():
+        pairs = load_pair_set(cache)
+        if pairs.recipe != recipe:  # the name holds a digest of the recipe: only a damaged cache gets here
+            raise ConfigError(f"shared pair set {cache} holds pairs made by {pairs.recipe}, not {recipe}: delete it")
+        save_pair_set(pairs, path)  # the run's own copy: a resume needs no cache
+        print(f"ode pairs: {len(pairs)} pairs from the shared set {cache} (made in {pairs.seconds:.1f} s)", flush=True)
+        return pairs
     pairs = make_pair_set(recipe, network, text_encoder, device)
     save_pair_set(pairs, path)
+    if cache is not None:
+        save_pair_set(pairs, cache)
     return pairs

@@ -15,7 +15,15 @@ from trainer.config import ConfigError, load_config
 from trainer.loop import StopFlag, train
 from trainer.methods.dmd2 import DMD2, regression_loss
 from trainer.methods.reflow import Reflow
-from trainer.ode_pairs import PairRecipe, load_pair_set, make_pair_set, ode_pair_set, save_pair_set
+from trainer.ode_pairs import (
+    PairRecipe,
+    load_pair_set,
+    make_pair_set,
+    network_digest,
+    ode_pair_set,
+    save_pair_set,
+    shared_pair_path,
+)
 
 CPU = torch.device("cpu")
 
@@ -144,6 +152,38 @@ def test_dmd2_with_the_regression_loss_trains_logs_and_resumes_exactly(dmd2_args
     train(dmd2_config(dmd2_args, "pooled", "--method_config.regression_pool=4"), text_encoder=text_encoder)
     pooled = logged(tmp_path / "pooled")
     assert 0 < pooled[1]["loss/regression"] < a[1]["loss/regression"]
+
+
+def test_runs_share_a_pair_set_through_the_cache_and_each_card_counts_its_making(dmd2_args, text_encoder, tmp_path, capsys):
+    cache = tmp_path / "pair-cache"
+    train(dmd2_config(dmd2_args, "first", f"--pair_cache={cache}"), text_encoder=text_encoder)
+    shared = list(cache.glob("*.safetensors"))
+    assert len(shared) == 1 and shared[0].name.startswith("tiny-cpu-")
+    capsys.readouterr()
+    train(dmd2_config(dmd2_args, "second", f"--pair_cache={cache}"), text_encoder=text_encoder)
+    assert "pairs from the shared set" in capsys.readouterr().out
+    first, second = (load_pair_set(tmp_path / name / "ode-pairs.safetensors") for name in ("first", "second"))
+    assert torch.equal(first.samples, second.samples) and torch.equal(first.seeds, second.seeds)
+    assert second.seconds == first.seconds > 0  # the making time travels with the set
+    cards = [json.loads((tmp_path / name / "model" / "card.json").read_text()) for name in ("first", "second")]
+    assert cards[0]["data"]["ode_pairs"] == cards[1]["data"]["ode_pairs"]
+    # the second run trained on exactly the pairs the first made, so their logged regression losses agree
+    assert logged(tmp_path / "first")[1]["loss/regression"] == logged(tmp_path / "second")[1]["loss/regression"]
+
+
+def test_a_shared_set_is_keyed_by_recipe_and_teacher_weights(teacher, text_encoder, tmp_path):
+    recipe = recipe_for(teacher)
+    key = shared_pair_path(tmp_path, recipe, teacher.network)
+    assert key == shared_pair_path(tmp_path, recipe, teacher.network)  # stable
+    assert key != shared_pair_path(tmp_path, recipe_for(teacher, count=6), teacher.network)
+    retrained = type(teacher.network).from_config(teacher.network.config)  # same id and recipe, other weights
+    assert network_digest(retrained) != network_digest(teacher.network)
+    assert key != shared_pair_path(tmp_path, recipe, retrained)
+    # a damaged cache entry (another recipe's set under this name) is refused, and the run's own file not written
+    save_pair_set(make_pair_set(recipe_for(teacher, count=3), teacher.network, text_encoder, CPU), key)
+    with pytest.raises(ConfigError, match="shared pair set .* holds pairs made by"):
+        ode_pair_set(tmp_path / "run" / "ode-pairs.safetensors", recipe, teacher.network, text_encoder, CPU, cache=key)
+    assert not (tmp_path / "run" / "ode-pairs.safetensors").exists()
 
 
 @pytest.mark.parametrize("pool", [1, 4])
