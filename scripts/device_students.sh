@@ -79,8 +79,9 @@ VARIANTS=(
   # They start from that student, the stage-2 student, which session 24 replaced as shapes-dmd2: restore it with
   # `python scripts/checkpoint_from_git.py be7131b shapes-dmd2 --as shapes-dmd2-reg-1step-gan` (git-ignored) and
   # name it in the call's carry list. keep-teacher first (tree with the teacher), then within the idle window the
-  # pipeline, with the tree holding shapes-features alone and carrying the restored student. Each peaks near 51 GB at batch 128: run
-  # one at a time on an 80 GB card, or add --gradient_checkpointing=true (14 GB, 0.79x the speed). Session 23 ran
+  # pipeline, with the tree holding shapes-features alone and carrying the restored student. Each peaks near 51 GB
+  # at batch 128: run one at a time on an 80 GB card, or add --gradient_checkpointing=true (14 GB, 0.79x the
+  # speed). Session 23 ran
   # gan-taps alone (820 steps): 0.739 at 1 step but FD 60.1, sizes narrowed
   # (bench/results/device/gan-taps-dmd2-from-lcm-h100/); gan-strong ran out of memory beside it and gan-low did
   # not run, so which change bought the shapes is open.
@@ -92,8 +93,10 @@ VARIANTS=(
   # The same stage with the pairs at weight 2 (pair making ~110 s on an H100), alone: pipeline 9 with this name.
   "shapes-dmd2-1step-gan-taps-reg=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
   # session 24: gan-taps-reg benched 0.730 at 1 step with FD 35.7, better than the stage-2 student on both, and
-  # ships as shapes-dmd2. Continued from those weights with a fresh critic for 6 minutes (run from its export on the
-  # machine; now the same weights as checkpoints/shapes-dmd2): 0.732 but FD 49.0 (bench/results/device/gan-taps-reg-h100/)
+  # ships as shapes-dmd2. Continued from those weights with a fresh critic for 6 minutes (run from its export on
+  # the machine; now the same weights as checkpoints/shapes-dmd2): 0.732 but FD 49.0
+  # (bench/results/device/gan-taps-reg-h100/). To train a stage longer, run `pipeline` again with its own name on
+  # the warm machine instead: the run resumes with its critic (max_minutes counts each segment).
   "shapes-dmd2-1step-gan-taps-reg-long=shapes-dmd2 --init_from=checkpoints/shapes-dmd2 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2"
   # session 24 (not yet run): the regression loss at weight 2 kept sizes (size failures 11 % -> 1 %) but gave back
   # most of the shape gain (unreadable shapes in counting images 6 % -> 23 %); weight 2 was set for the 1/2/4-step
