@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
             found = shapes.detect_all(pixels)  # one detection pass for the judge and the diversity
             quality = shapes.judge(pixels, conditions, found)
             free_bits = {a: shapes.entropy_bits(shapes.free_shares(pixels, conditions, a, found)) for a in shapes.FREE_ATTRIBUTES}
+            failures = shapes.failure_shares(pixels, conditions, found)
             generated = fid_features(features, fd_images((images.float() + 1) / 2))
             fd = frechet_distance(generated, reference)
             # the detector reads the world's resolution: 64-px rows only
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
                 # diversity where the caption leaves colour free (the judge cannot see a collapse there)
                 "free_colour_bits": free_bits["color"],
                 "free_size_bits": free_bits["size"],
+                # each category's share of images failing first for each reason: short on layout or on drawing?
+                "failures": {c: {r: round(v, 4) for r, v in shares.items()} for c, shares in failures.items()},
                 "resolution": resolution,
                 **percentiles(latency),
                 "throughput_per_s": throughput,
@@ -294,7 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"free colours = entropy in bits of the colours detected in the {free_scenes['color']} images whose captions "
         f"name no colour (8 colours: 3 at most; the world's renders of those scenes: {renders_free_bits['color']:.2f}); "
         f"free sizes = the same for sizes in the {free_scenes['size']} images whose captions name no size (3 sizes: "
-        f"1.58 at most; renders: {renders_free_bits['size']:.2f})." + kept_note,
+        f"1.58 at most; renders: {renders_free_bits['size']:.2f}); failures = each category's share of images "
+        "failing first for each reason: the object count, a missing asked shape, colour or size, or else the relation "
+        "or a binding (shapes.failure_reason)." + kept_note,
         "prompts": len(prompts),
         "fd_network": fd_network_info(args.features),
         "fd_real_vs_real": real_fd,

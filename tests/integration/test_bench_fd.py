@@ -8,6 +8,7 @@ import pytest
 
 from bench import image as bench_image
 from engines.errors import CheckpointError
+from trainer.worlds import shapes
 
 
 def run_bench(root, out, *extra: str) -> dict:
@@ -52,6 +53,12 @@ def test_every_row_has_an_fd_above_the_resolution_floor(tiny_image_root, tmp_pat
     assert 1.0 < result["free_size_bits_renders"] <= 1.585  # 14 prompts: few free objects
     for row in result["rows"]:
         assert 0 <= row["free_size_bits"] <= 1.585 and f"| {row['free_size_bits']:.2f} |" in table
+    # why images fail, per category: the shares of each first reason add up to one, and match the pass rate
+    for row in result["rows"]:
+        assert set(row["failures"]) == {c for c in row["quality"] if c != "overall"}
+        for category, shares in row["failures"].items():
+            assert list(shares) == list(shapes.FAILURE_REASONS) and abs(sum(shares.values()) - 1) < 1e-3
+            assert shares["pass"] == pytest.approx(row["quality"][category], abs=1e-4)
 
 
 def test_missing_feature_network_fails_before_generating(tiny_image_root, tmp_path):

@@ -187,20 +187,20 @@ def test_failure_probe_passes_renders_and_names_each_kind_of_failure() -> None:
     scenes = [shapes.sample_scene(rng, category) for category in shapes.CATEGORIES for _ in range(6)]
     images = shapes.to_uint8(shapes.render(scenes))
     conditions = [s.condition for s in scenes]
-    table = failures.breakdown(images, conditions)
+    table = shapes.failure_shares(images, conditions)
     assert set(table) == set(shapes.CATEGORIES)
     assert all(shares["pass"] == 1.0 and abs(sum(shares.values()) - 1) < 1e-9 for shares in table.values())
-    blank = failures.breakdown(np.zeros_like(images), conditions)  # nothing drawn: every image's count is off
-    assert all(set(shares) == set(failures.REASONS) and shares["count"] == 1.0 for shares in blank.values())
+    blank = shapes.failure_shares(np.zeros_like(images), conditions)  # nothing drawn: every image's count is off
+    assert all(set(shares) == set(shapes.FAILURE_REASONS) and shares["count"] == 1.0 for shares in blank.values())
     position = [(image, s.condition) for image, s in zip(images, scenes) if s.condition.category == "position"]
     for image, condition in position:
         flipped = dataclasses.replace(condition, relation=OPPOSITE[condition.relation])
-        assert failures.failure_reason(shapes.detect(image), flipped) == "relation or binding"
+        assert shapes.failure_reason(shapes.detect(image), flipped) == "relation or binding"
     single = next((image, s.condition) for image, s in zip(images, scenes) if s.condition.category == "single_object")
     spec = single[1].specs[0]
     other = next(name for name in shapes.SHAPES if name != spec.shape)
     wrong = dataclasses.replace(single[1], specs=(dataclasses.replace(spec, shape=other),))
-    assert failures.failure_reason(shapes.detect(single[0]), wrong) == "shape"
+    assert shapes.failure_reason(shapes.detect(single[0]), wrong) == "shape"
 
 
 def test_failure_probe_reads_a_bench_cache_and_refuses_what_does_not_fit(tmp_path, capsys) -> None:
@@ -222,4 +222,4 @@ def test_failure_probe_reads_a_bench_cache_and_refuses_what_does_not_fit(tmp_pat
     with pytest.raises(SystemExit, match="no bench cache chunks"):
         failures.main([str(tmp_path), "--prompts", "8"])
     with pytest.raises(ValueError, match="2 images but 1 conditions"):
-        failures.breakdown(np.zeros((2, 64, 64, 3), np.uint8), [shapes.eval_scenes(1)[0].condition])
+        shapes.failure_shares(np.zeros((2, 64, 64, 3), np.uint8), [shapes.eval_scenes(1)[0].condition])

@@ -620,6 +620,50 @@ def free_shares(
     return {value: n / total for value, n in counts.most_common()} if total else {}
 
 
+FAILURE_REASONS = ("pass", "count", "shape", "color", "size", "relation or binding")
+
+
+def failure_reason(found: list[Detection], condition: Condition) -> str:
+    """The first reason, in FAILURE_REASONS order, that an image whose detections are `found` fails its condition
+    ('pass' when it does not): the object count is off; or the count is right and an asked-for shape, colour or
+    size is missing from what the detector reads; or every asked object is there and the relation (or a binding of
+    attributes to objects) is what fails.
+
+    Why: pass rates alone do not say whether a student is short on layout (counts, sides) or on drawing (objects
+    whose shape the detector cannot read), and the remedies differ (session 20: a one-step student's two-object
+    images failed mostly on unreadable shapes)."""
+    if matches(found, condition):
+        return "pass"
+    if len(found) != sum(spec.count for spec in condition.specs):
+        return "count"
+    for attribute in ("shape", "color", "size"):
+        asked = Counter(
+            getattr(spec, attribute) for spec in condition.specs for _ in range(spec.count) if getattr(spec, attribute)
+        )
+        if asked - Counter(getattr(det, attribute) for det in found):  # an asked value no detection supplies
+            return attribute
+    return "relation or binding"
+
+
+def failure_shares(
+    images: np.ndarray | list, conditions: list[Condition], detections: list[list[Detection]] | None = None
+) -> dict[str, dict[str, float]]:
+    """category -> reason -> share of that category's images failing first for that reason (`failure_reason`).
+    `detections`: the images' `detect_all`, when the caller already has it."""
+    if len(images) != len(conditions):
+        raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
+    _check_detections(images, detections)
+    found_all = detections if detections is not None else detect_all(images)
+    counts: dict[str, Counter] = {}
+    for found, condition in zip(found_all, conditions):
+        counts.setdefault(condition.category, Counter())[failure_reason(found, condition)] += 1
+    return {
+        category: {reason: counts[category][reason] / sum(counts[category].values()) for reason in FAILURE_REASONS}
+        for category in CATEGORIES
+        if category in counts
+    }
+
+
 def entropy_bits(shares: dict[str, float]) -> float:
     """Entropy of a distribution in bits: 0 for one value; 3 for all 8 colours equally often, 1.58 for 3 sizes."""
     return sum(p * math.log2(1 / p) for p in shares.values() if p > 0)
