@@ -223,3 +223,19 @@ def test_failure_probe_reads_a_bench_cache_and_refuses_what_does_not_fit(tmp_pat
         failures.main([str(tmp_path), "--prompts", "8"])
     with pytest.raises(ValueError, match="2 images but 1 conditions"):
         shapes.failure_shares(np.zeros((2, 64, 64, 3), np.uint8), [shapes.eval_scenes(1)[0].condition])
+
+
+regression_scales = _load("probe_regression_scales")
+
+
+def test_regression_scales_probe_splits_a_students_gap_by_block_size(tiny_image_root) -> None:
+    root = str(tiny_image_root / "tiny-cpu")
+    (result,) = regression_scales.main([root, "--teacher", root, "--pairs", "4", "--steps", "2"])
+    shares = result.shares()
+    assert result.student == "tiny-cpu" and shares[1] == 1.0 and set(shares) >= {1, 2, 4}
+    assert all(0 < share <= 1 for share in shares.values())
+    ordered = [shares[p] for p in sorted(shares)]
+    assert all(a >= b - 1e-12 for a, b in zip(ordered, ordered[1:]))  # nested block means never add distance
+    for bad in (["--pairs", "0", root], [str(tiny_image_root), "--teacher", root]):
+        with pytest.raises(SystemExit):
+            regression_scales.main(bad)
