@@ -43,18 +43,11 @@ class Scales:
         return f"{self.student}: {cells}"
 
 
-def teacher_pairs(teacher: distill.Teacher, encoder: TextEncoder, count: int, steps: int, guidance: float, seed: int) -> PairSet:
+def regression_pairs(
+    teacher: distill.Teacher, encoder: TextEncoder, count: int, steps: int, guidance: float, seed: int
+) -> PairSet:
     """DMD2's recipe for its regression pairs, at `count` pairs."""
-    recipe = PairRecipe(
-        teacher=teacher.id,
-        steps=steps,
-        guidance=float(guidance),
-        shift=teacher.scheduler_shift,
-        resolution=int(teacher.card.resolution),
-        count=count,
-        seed=seed,
-        max_tokens=encoder.max_tokens,
-    )
+    recipe = PairRecipe.for_teacher(teacher, encoder, steps=steps, guidance=guidance, count=count, seed=seed)
     return make_pair_set(recipe, teacher.network, encoder, torch.device("cpu"), chunk=16)
 
 
@@ -86,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[Scales]:
     teacher = distill.load_teacher(str(args.teacher), torch.device("cpu"), "probe")
     encoder = TextEncoder(device="cpu")
     guidance = teacher.card.default_guidance if args.guidance is None else args.guidance
-    pairs = teacher_pairs(teacher, encoder, args.pairs, args.steps, guidance, args.seed)
+    pairs = regression_pairs(teacher, encoder, args.pairs, args.steps, guidance, args.seed)
     print(f"{len(pairs)} pairs from {teacher.id} ({args.steps} steps, guidance {guidance}) in {pairs.seconds:.0f} s", flush=True)
     results = []
     for path in args.students:

@@ -74,6 +74,33 @@ class PairRecipe:
         r = self.resolution
         return (self.frames, 3, r, r) if self.frames else (3, r, r)
 
+    @classmethod
+    def for_teacher(
+        cls,
+        teacher,
+        text_encoder: TextEncoder,
+        *,
+        steps: int,
+        guidance: float,
+        count: int,
+        seed: int,
+        frames: int = 0,
+        interactive_fraction: float = 0.0,
+    ) -> PairRecipe:
+        """The recipe of a set drawn by `teacher` (a trainer.distill.Teacher) at its own shift and resolution."""
+        return cls(
+            teacher=teacher.id,
+            steps=steps,
+            guidance=float(guidance),
+            shift=teacher.scheduler_shift,
+            resolution=int(teacher.card.resolution),
+            count=count,
+            seed=seed,
+            max_tokens=text_encoder.max_tokens,
+            frames=frames,
+            interactive_fraction=interactive_fraction,
+        )
+
     def metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "recipe": json.dumps(asdict(self), sort_keys=True)}
 
@@ -229,15 +256,13 @@ def run_pair_set(
 ) -> PairSet:
     """A training run's pair set: `teacher` (a trainer.distill.Teacher) draws it, the run's seed picks the
     captions, and it lives in <run_dir>/ode-pairs.safetensors."""
-    recipe = PairRecipe(
-        teacher=teacher.id,
+    recipe = PairRecipe.for_teacher(
+        teacher,
+        text_encoder,
         steps=steps,
-        guidance=float(guidance),
-        shift=teacher.scheduler_shift,
-        resolution=int(teacher.card.resolution),
+        guidance=guidance,
         count=count,
         seed=config.seed,
-        max_tokens=text_encoder.max_tokens,
         frames=frames,
         interactive_fraction=interactive_fraction,
     )
