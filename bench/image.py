@@ -310,11 +310,12 @@ def main(argv: list[str] | None = None) -> dict:
         "fd_floor_by_resolution": {str(k): v for k, v in sorted(floors.items())},
     }
     json_path, md_path = write_result("image", device_slug(device), device_name(device), rows, summary, extra, args.out)
-    plots = plot(json.loads(json_path.read_text()), args.out, device_slug(device))
+    result = json.loads(json_path.read_text())
+    plots = plot(result, args.out, device_slug(device))
     print(f"wrote {json_path}, {md_path} and {', '.join(p.name for p in plots)}")
     if args.update_cards:
         update_cards(registry, rows, json_path, digests)
-    return json.loads(json_path.read_text())
+    return result
 
 
 def summarise(rows: list[dict]) -> dict:

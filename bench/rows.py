@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     extra["notes"] = extra.get("notes", "") + note
     slug = args.dest.stem.removeprefix("image-")
     json_path, md_path = write_result("image", slug, dest["device"], rows, summarise(rows), extra, args.dest.parent)
-    plot(json.loads(json_path.read_text()), args.dest.parent, slug)  # the plots follow the rows
+    result = json.loads(json_path.read_text())
+    plot(result, args.dest.parent, slug)  # the plots follow the rows
     for model in models:  # the run's sample sheet travels with its rows
         sheet = args.add.parent / f"image-{model}-{slug}.png"
         if sheet.is_file():
@@ -126,4 +127,4 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {json_path} and {md_path}")
     if args.update_cards:
         update_cards(Registry([args.checkpoints], device="cpu"), rows, json_path)
-    return json.loads(json_path.read_text())
+    return result
