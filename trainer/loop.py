@@ -26,6 +26,7 @@ from trainer.config import TrainConfig, to_dict
 from trainer.guard import CollapseGuard, TrainingCollapsed
 from trainer.methods import method_class
 from trainer.networks import enable_gradient_checkpointing
+from trainer.stages import keep_parent_card
 
 
 def step_progress(config: TrainConfig, step: int) -> float:
@@ -148,6 +149,7 @@ def train(config: TrainConfig, stop: StopFlag | None = None, text_encoder: TextE
     (run_dir / "samples").mkdir(exist_ok=True)
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        keep_parent_card(config.init_from, run_dir)  # the export reports its earlier stages from this copy
     log_path = run_dir / "metrics.jsonl"
 
     cls = method_class(config.method)

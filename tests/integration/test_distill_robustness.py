@@ -155,3 +155,22 @@ def test_gradient_checkpointing_turns_on_in_wrapped_models_and_refuses_plain_mod
     assert critic.denoiser.is_gradient_checkpointing
     with pytest.raises(ConfigError, match=r"the student network \(Linear\) holds no diffusers or transformers model"):
         enable_gradient_checkpointing(torch.nn.Linear(2, 2), "student")
+
+
+def test_a_run_whose_init_from_folder_vanishes_still_exports_and_names_it(dmd2_args, text_encoder, tmp_path):
+    """Session 25: a device call's tree sync removed the checkpoint a run had started from while it trained; the
+    export read that checkpoint's card only then, and failed after all its steps. The run keeps a copy now."""
+    first = train(load_config("configs/tiny-cpu.yaml", dmd2_args("first")), text_encoder=text_encoder)
+    parent = shutil.copytree(first["model"], tmp_path / "parent")
+    vanish = lambda step: shutil.rmtree(parent) if step == 1 else None  # noqa: E731
+    config = load_config(
+        "configs/tiny-cpu.yaml",
+        [*dmd2_args("second"), f"--init_from={parent}", "--max_steps=2", "--export.id=second-student"],
+    )
+    summary = train(config, text_encoder=text_encoder, on_step=vanish)
+    assert not parent.exists()
+    card = json.loads((tmp_path / "second" / "model" / "card.json").read_text())
+    assert card["id"] == "second-student" and card["data"]["init_from"] == str(parent)
+    assert summary["model"] == str(tmp_path / "second" / "model")
+    kept = json.loads((tmp_path / "second" / "init-from-card" / "card.json").read_text())
+    assert kept["id"] == json.loads((tmp_path / "first" / "model" / "card.json").read_text())["id"]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
+
 from engines.card import ModelCard
-from trainer.stages import with_earlier_stages
+from engines.errors import CheckpointError
+from trainer.stages import continued_card, keep_parent_card, with_earlier_stages
 
 
 def _save(
@@ -102,3 +107,35 @@ def test_each_stage_keeps_its_own_run_record_and_the_student_it_came_from(tmp_pa
     data5, _ = with_earlier_stages({"images_seen": 3}, 60.0, legacy, "stage-3", "runs/five")
     assert data5["stages"][2]["ode_pairs"] == pairs_b and data5["stages"][2]["init_from"] == "checkpoints/stage-2"
     assert "model" not in data5["stages"][2]  # a further stage under the same id names no other model
+
+
+def test_a_kept_parent_card_reports_the_stages_after_the_folder_is_gone(tmp_path) -> None:
+    parent = _save(tmp_path, "parent", "shapes-dmd2", 600.0, {"images_seen": 100}, role="student")
+    run = tmp_path / "run"
+    keep_parent_card(parent, run)
+    shutil.rmtree(parent)
+    data, seconds = with_earlier_stages({"images_seen": 50}, 60.0, parent, "shapes-dmd2", str(run))
+    assert seconds == 660.0 and data["images_seen"] == 150 and len(data["stages"]) == 2
+
+    # gone with no copy: a clear error rather than a card that silently forgets its earlier training
+    with pytest.raises(CheckpointError, match="is gone and .* keeps no copy of its card"):
+        with_earlier_stages({"images_seen": 50}, 60.0, parent, "shapes-dmd2", str(tmp_path / "other-run"))
+
+
+def test_a_resumed_run_keeps_the_card_it_started_from(tmp_path) -> None:
+    parent = _save(tmp_path, "parent", "shapes-dmd2", 600.0, {"images_seen": 100}, role="student")
+    run = tmp_path / "run"
+    keep_parent_card(parent, run)
+    _save(tmp_path, "parent", "shapes-dmd2", 900.0, {"images_seen": 999}, role="student")  # re-exported meanwhile
+    keep_parent_card(parent, run)  # the resumed segment
+    assert continued_card(parent, "shapes-dmd2", run).train_gpu_seconds == 600.0
+    assert continued_card(parent, "shapes-dmd2").train_gpu_seconds == 900.0  # without the run: the folder's
+
+
+def test_a_folder_without_our_card_has_no_earlier_stages(tmp_path) -> None:
+    foreign = tmp_path / "diffusers-unet"
+    (foreign / "unet").mkdir(parents=True)
+    keep_parent_card(str(foreign), tmp_path / "run")  # nothing to keep
+    assert not (tmp_path / "run").exists()
+    assert continued_card(str(foreign), "shapes-dmd2", tmp_path / "run") is None
+    assert keep_parent_card(None, tmp_path / "run") is None and continued_card(None, "x") is None
