@@ -21,7 +21,9 @@
 #   bash scripts/device_students.sh keep-teacher     (tree with shapes-teacher: copies it to runs/teacher)
 # then, within idle_release_s, train with shapes-dmd2 in the tree instead; runs use runs/teacher.
 # A variant starting from a replaced checkpoint (the stage-2 student, shapes-dmd2 until session 24) needs it
-# restored from git first (scripts/checkpoint_from_git.py, git-ignored) and named in the call's carry list;
+# restored from git first (scripts/checkpoint_from_git.py, git-ignored) and named in the carry list of EVERY call
+# while its run lives: a call without it removes it on the machine, and a run resumed or started then fails
+# (session 25; the run keeps its parent's card for the export, but loading the weights needs the folder);
 # train and pipeline refuse a named variant whose --init_from=checkpoints/... is not there.
 VARIANTS=(
   "shapes-dmd2=shapes-dmd2"
@@ -109,8 +111,10 @@ VARIANTS=(
   # distance to the pairs (bench/results/device/gan-taps-reg-h100/regression-scales-cpu.txt), so pool 4 would pull
   # almost as pixels do; 16 (a 4x4 grid of 16-px blocks, objects 8-20 px) first, then 8
   "shapes-dmd2-1step-gan-taps-reg-pool16=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --max_steps=765 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2 --method_config.regression_pool=16"
-  # session 25: these variants stop at the shipped stage's 765 steps (it ran 9 minutes alone), so two of them can
-  # share the GPU for longer minutes and still differ from shapes-dmd2 only in their settings. Reward-weighted DMD2
+  # session 25: these variants stop at the shipped stage's 765 steps (it ran 9 minutes alone), so they differ from
+  # shapes-dmd2 only in their settings. Two at once ran out of GPU memory (about 39 GB each at batch 128): to share
+  # the GPU, add --gradient_checkpointing=true to both (51 -> 14 GB at 0.79x the speed, session 23). Ran: -pool16
+  # (0.737 at 1 step, FD 40.6) and -reward (721 steps, 0.700, FD 34.1): bench/results/device/pool16-reward-h100/. Reward-weighted DMD2
   # (Re-DMD, weights exp(2 * judge verdict) on each rollout's DMD loss) on the shipped stage's recipe, with
   # shapes-dmd2 as its "without": issue 3 asks for both in the results table, and they were only measured on the
   # previous teacher. The judge runs on 6 CPU workers (0.7 s a 128-image batch on one core).

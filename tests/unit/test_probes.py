@@ -239,3 +239,39 @@ def test_regression_scales_probe_splits_a_students_gap_by_block_size(tiny_image_
     for bad in (["--pairs", "0", root], [str(tiny_image_root), "--teacher", root]):
         with pytest.raises(SystemExit):
             regression_scales.main(bad)
+
+
+def test_failure_probe_by_size_counts_shapeless_objects_per_detected_size(tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    renders = shapes.to_uint8(shapes.render(shapes.eval_scenes(14)))
+    table = failures.shapeless_by_size(renders)
+    assert list(table) == list(shapes.SIZE_NAMES)
+    found = sum(row[0] for row in table.values())
+    assert found == sum(len(d) for d in shapes.detect_all(renders)) > 14
+    assert abs(sum(row[1] for row in table.values()) - 1) < 1e-9
+    assert all(row[2] == 0.0 for row in table.values())  # every rendered object fits its shape
+
+    # a blob no template fits (a ring), drawn large on the background, counts as a large shapeless object
+    ring = np.full((1, 64, 64, 3), shapes.BACKGROUND, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 32, xx - 32)
+    ring[0][(radius > 10) & (radius < 16)] = shapes.COLORS["red"][0]
+    blob = failures.shapeless_by_size(ring)
+    assert sum(row[0] for row in blob.values()) == 1 and max(row[2] for row in blob.values()) == 1.0
+
+    cache = tmp_path / "shapes-x-1steps-key"
+    cache.mkdir()
+    save_file({"images": torch_images(renders)}, str(cache / "chunk-0000.safetensors"))
+    failures.main([str(cache), "--prompts", "14", "--by-size"])
+    out = capsys.readouterr().out
+    assert "objects by size" in out and "no shape fits" in out
+    failures.main([str(cache), "--prompts", "14"])
+    assert "objects by size" not in capsys.readouterr().out
+
+
+def torch_images(pixels: np.ndarray):
+    """uint8 (N, H, W, 3) images as a bench cache keeps them: (N, 3, H, W) in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
