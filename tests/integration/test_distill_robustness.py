@@ -174,3 +174,28 @@ def test_a_run_whose_init_from_folder_vanishes_still_exports_and_names_it(dmd2_a
     assert summary["model"] == str(tmp_path / "second" / "model")
     kept = json.loads((tmp_path / "second" / "init-from-card" / "card.json").read_text())
     assert kept["id"] == json.loads((tmp_path / "first" / "model" / "card.json").read_text())["id"]
+
+
+def test_dmd2_with_a_negative_beta_judges_its_samples_and_weights_the_rejected_up(dmd2_args, text_encoder, monkeypatch):
+    """reward_beta < 0 (session 25): the same judged rollouts, with the rejected ones leading the DMD loss; before,
+    only beta > 0 judged anything, so a negative beta would have trained plain DMD without a word."""
+    from trainer.methods.dmd2 import DMD2
+
+    def generator_loss(beta: float, rewards: list[float] | None) -> tuple[float, dict]:
+        config = load_config("configs/tiny-cpu.yaml", dmd2_args(f"beta{beta}", f"--method_config.reward_beta={beta}"))
+        torch.manual_seed(0)
+        method = DMD2(config, torch.device("cpu"), text_encoder)
+        if rewards is not None:
+            monkeypatch.setattr(method, "_rewards", lambda x0, conditions: torch.tensor(rewards[: len(conditions)]))
+        batch = method.data_source()(0, 0, 0)
+        _, metrics = method.loss("generator", method.networks, batch, torch.Generator().manual_seed(5))
+        return metrics["loss/dmd"].item(), metrics
+
+    plain, plain_metrics = generator_loss(0.0, None)
+    assert "reward" not in plain_metrics
+    verdicts = [1.0, 0.0, 1.0, 0.0]
+    down, metrics = generator_loss(-2.0, verdicts)
+    up, _ = generator_loss(2.0, verdicts)
+    assert metrics["reward"].item() == pytest.approx(0.5)  # judged, and logged
+    assert down != pytest.approx(plain) and up != pytest.approx(plain) and down != pytest.approx(up)
+    assert generator_loss(-2.0, [1.0, 1.0, 1.0, 1.0])[0] == pytest.approx(plain)  # one verdict for all: plain DMD

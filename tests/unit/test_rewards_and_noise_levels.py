@@ -61,6 +61,21 @@ def test_reward_weighting_keeps_the_scale_and_favours_rewarded_samples() -> None
         reward_weighted(losses, torch.zeros(3), 1.0)
 
 
+def test_a_negative_beta_favours_the_rejected_samples_and_only_finite_betas_are_taken() -> None:
+    losses = torch.tensor([1.0, 1.0, 3.0, 3.0])  # the first two rejected, the last two accepted
+    rewards = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    w = np.exp(-1.0)
+    towards_rejected = reward_weighted(losses, rewards, -1.0)
+    assert towards_rejected == pytest.approx((2 * 1 + 2 * 3 * w) / (2 + 2 * w))
+    assert towards_rejected < reward_weighted(losses, rewards, 0.0) < reward_weighted(losses, rewards, 1.0)
+    assert reward_weighted(losses, torch.full((4,), 0.3), -4.0) == pytest.approx(2.0)  # equal rewards: plain DMD
+    assert CriticDistillConfig(reward_beta=-1.0).rewarded and CriticDistillConfig(reward_beta=2.0).rewarded
+    assert not CriticDistillConfig().rewarded
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ConfigError, match="reward_beta must be a finite number"):
+            CriticDistillConfig(reward_beta=bad)
+
+
 def test_dmd_noise_levels_are_uniform_by_default_and_shift_towards_noise() -> None:
     def draw(**kw) -> torch.Tensor:
         return dmd_noise_level(CriticDistillConfig(**kw), 4096, torch.Generator().manual_seed(0), torch.device("cpu"))

@@ -15,8 +15,11 @@ Multi-step students use backward simulation: G's input at step j of its k-step s
 running G's own sampler for j steps (trailing grids for k in `student_steps` nest, so one
 checkpoint serves 1, 2 and 4 steps).
 
-Reward-weighted DMD (after Stream-R1 / Re-DMD): with `reward_beta` > 0, each sample's DMD loss is
-weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge accepts the sample.
+Reward-weighted DMD (after Stream-R1 / Re-DMD): with `reward_beta` != 0, each sample's DMD loss is
+weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge accepts the sample. Beta > 0 is the
+papers' weighting: accepted samples lead. Beta < 0 gives the samples the judge rejects the larger share of the
+gradient, on the reading that a student of limited capacity spends it where the weights are: session 25's beta 2
+lowered the one-step judge from 0.730 to 0.700 (`bench/results/device/pool16-reward-h100/`).
 
 DMD's regression loss (Yin et al. 2023, sec. 3.3), optional: with `regression_weight` > 0, a fixed
 set of `regression_pairs` (noise z, teacher ODE sample y) pairs is made once (`trainer/ode_pairs.py`)
@@ -187,7 +190,7 @@ class DMD2(DistillationMethod):
         self.lr_scales = {"critic": self.args.critic_lr_scale}
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
-        self.judge = JudgePool(self.args.reward_workers if self.args.reward_beta > 0 else 0)
+        self.judge = JudgePool(self.args.reward_workers if self.args.rewarded else 0)
         self.pairs: PairSet | None = None
         if self.args.regression_weight > 0:
             count, steps, guidance = self.args.regression_pairs, self.args.regression_pair_steps, self.guidance
@@ -240,7 +243,7 @@ class DMD2(DistillationMethod):
                 v_fake, _ = critic(x_t.detach(), t, emb.states, emb.pooled, emb.mask)
                 fake = x_t.detach() - t.view(-1, 1, 1, 1) * v_fake
                 grad = distill.dmd_gradient(x0.detach(), real, fake)
-                rewards = self._rewards(x0.detach(), batch["conditions"]) if self.args.reward_beta > 0 else None
+                rewards = self._rewards(x0.detach(), batch["conditions"]) if self.args.rewarded else None
             per_sample = 0.5 * ((x0.float() - (x0 - grad).detach().float()) ** 2).mean(dim=(1, 2, 3))
             dmd = distill.reward_weighted(per_sample, rewards, self.args.reward_beta)
             metrics = {} if rewards is None else {"reward": rewards.mean()}

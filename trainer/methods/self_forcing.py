@@ -26,7 +26,7 @@ stage with `init_from` that export.
 
 Re-DMD (Reward Forcing, Lu et al. 2025, arXiv:2512.04678, sec. 3.3): distribution matching treats every rollout
 alike, and a mode-seeking student settles on slow, static motion (ours moved 31 % of its "quickly" movers at a quick
-pace against the teacher's clips; `scripts/probe_video_motion.py`). With `reward_beta` > 0 each rollout's DMD loss is
+pace against the teacher's clips; `scripts/probe_video_motion.py`). With `reward_beta` != 0 each rollout's DMD loss is
 weighted by exp(beta * r) / mean(exp(beta * r)), r = the motion world's judge on the rollout (the mean of its
 `reward_categories` verdicts, `motion.motion_rewards`), judged in `reward_workers` processes. The paper rates
 dynamics with a vision-language model; our judge reads the stated direction and speed directly.
@@ -71,7 +71,7 @@ class SelfForcingConfig(distill.CriticDistillConfig):
     stage: str = "dmd"  # dmd: Self-Forcing proper | ode_init: regress the teacher's ODE clips first (see above)
     ode_pairs: int = 2048  # ode_init / regression: teacher clips in the fixed set (<run_dir>/ode-pairs.safetensors)
     ode_pair_steps: int = 16  # ode_init / regression: Euler steps of the teacher's whole-clip ODE, at the real score's CFG
-    # Re-DMD (reward_beta > 0): the judge's categories averaged into each rollout's reward
+    # Re-DMD (reward_beta != 0): the judge's categories averaged into each rollout's reward
     reward_categories: list[str] = field(default_factory=lambda: list(motion.REWARD_CATEGORIES))
 
     def __post_init__(self) -> None:
@@ -118,7 +118,7 @@ class SelfForcing(VideoMethod):
         self.ema_roles = ("generator",)
         scheduler = new_scheduler(config.export.scheduler_shift, stochastic=True)
         self.grids = {k: torch.cat([sampler_sigmas(scheduler, k), torch.zeros(1)]) for k in self.args.student_steps}
-        self.judge = JudgePool(self.args.reward_workers if self.args.reward_beta > 0 else 0)
+        self.judge = JudgePool(self.args.reward_workers if self.args.rewarded else 0)
         self.pairs: PairSet | None = None
         if self.args.stage == "ode_init" or self.args.regression_weight > 0:
             self.pairs = run_pair_set(
@@ -217,7 +217,7 @@ class SelfForcing(VideoMethod):
                 fake = x_t - t.view(-1, 1, 1, 1, 1) * critic(x_t, t * 1000, emb)
                 grad = distill.dmd_gradient(clip.detach(), real, fake)
             per_clip = 0.5 * ((clip.float() - (clip - grad).detach().float()) ** 2).mean(dim=(1, 2, 3, 4))
-            rewards = self.rewards(clip.detach(), batch["clips"]) if self.args.reward_beta > 0 else None
+            rewards = self.rewards(clip.detach(), batch["clips"]) if self.args.rewarded else None
             dmd = distill.reward_weighted(per_clip, rewards, self.args.reward_beta)
             metrics = {"loss/dmd": dmd.detach()} | ({} if rewards is None else {"reward": rewards.mean()})
             loss = dmd
