@@ -2,6 +2,7 @@
 guard, and clear errors for bad teachers and methods."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -199,3 +200,31 @@ def test_dmd2_with_a_negative_beta_judges_its_samples_and_weights_the_rejected_u
     assert metrics["reward"].item() == pytest.approx(0.5)  # judged, and logged
     assert down != pytest.approx(plain) and up != pytest.approx(plain) and down != pytest.approx(up)
     assert generator_loss(-2.0, [1.0, 1.0, 1.0, 1.0])[0] == pytest.approx(plain)  # one verdict for all: plain DMD
+
+
+def test_patch_gan_trains_the_same_networks_with_losses_of_its_own(dmd2_args, text_encoder, tmp_path):
+    """gan_patch (session 25) changes how the heads' logits meet the loss, not what is trained: the same checkpoint
+    keys and shapes as the image-level GAN, finite GAN losses, and other losses than the image-level run's."""
+    gan = [
+        "--method_config.gan_generator_weight=0.05",
+        "--method_config.gan_critic_weight=0.05",
+        "--method_config.gan_taps=[mid_block,up_blocks.1]",
+        "--max_steps=2",
+        "--checkpoint_every=2",
+    ]
+    train(load_config("configs/tiny-cpu.yaml", dmd2_args("image", *gan)), text_encoder=text_encoder)
+    patch_args = dmd2_args("patch", *gan, "--method_config.gan_patch=true")
+    train(load_config("configs/tiny-cpu.yaml", patch_args), text_encoder=text_encoder)
+    image, patch = losses(tmp_path / "image"), losses(tmp_path / "patch")
+    assert sorted(image) == sorted(patch) == [1, 2]
+    assert {"loss/gan_generator", "loss/gan_critic"} <= set(patch[1]) | set(patch[2])
+    assert all(math.isfinite(v) for step in patch.values() for v in step.values())
+    assert any(patch[s].get(k) != pytest.approx(image[s].get(k)) for s in patch for k in patch[s] if "gan" in k)
+    from safetensors import safe_open
+
+    def shapes_of(run: str) -> dict:
+        critic = ckpt.latest_checkpoint(tmp_path / run) / "critic" / "model.safetensors"
+        with safe_open(critic, "pt") as saved:
+            return {k: tuple(saved.get_slice(k).get_shape()) for k in saved.keys()}
+
+    assert shapes_of("patch") == shapes_of("image")
