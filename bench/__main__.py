@@ -1,5 +1,6 @@
 """python -m bench <suite> [options]: suites write bench/results/<suite>-<device>.json and .md.
-`python -m bench rows` moves rows one run measured into another result file (bench/rows.py)."""
+`python -m bench rows` moves rows one run measured into another result file (bench/rows.py); `python -m bench paired`
+compares the judge verdicts of a result file's rows image by image (bench/paired.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ SUITES = {
     "serving": "bench.serving",
     "load": "bench.load",
     "rows": "bench.rows",  # not a suite: edits result files the suites wrote
+    "paired": "bench.paired",  # not a suite: compares rows of one image result file prompt by prompt
 }
 
 

@@ -19,6 +19,7 @@ import torch
 from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
 from bench.image_cache import cache_key, cached_images, weights_digest
 from bench.image_plots import plot
+from bench.paired import pack_verdicts
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
 from engines.features import CARD_FILE as FEATURES_CARD
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
             pixels = shapes.to_uint8((images.float() + 1) / 2)
             found = shapes.detect_all(pixels)  # one detection pass for the judge and the diversity
             quality = shapes.judge(pixels, conditions, found)
+            accepted = shapes.verdicts(pixels, conditions, found)  # per image, for paired comparisons (bench/paired.py)
             free_bits = {a: shapes.entropy_bits(shapes.free_shares(pixels, conditions, a, found)) for a in shapes.FREE_ATTRIBUTES}
             failures = shapes.failure_shares(pixels, conditions, found)
             generated = fid_features(features, fd_images((images.float() + 1) / 2))
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "free_size_bits": free_bits["size"],
                 # each category's share of images failing first for each reason: short on layout or on drawing?
                 "failures": {c: {r: round(v, 4) for r, v in shares.items()} for c, shares in failures.items()},
+                "verdicts": pack_verdicts(accepted),
                 "resolution": resolution,
                 **percentiles(latency),
                 "throughput_per_s": throughput,

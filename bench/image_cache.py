@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -66,11 +67,23 @@ def cached_images(
     return torch.cat(parts), reused
 
 
-def _read_chunk(path: Path, n: int) -> torch.Tensor:
+def cached_pixels(directory: Path) -> np.ndarray:
+    """Every image one model-and-step-count folder of a cache holds, in prompt order, as (N, H, W, 3) uint8 (the
+    cache keeps them in [-1, 1]): for probes that score an earlier run's images again without making them."""
+    from trainer.worlds.shapes import to_uint8
+
+    chunks = sorted(Path(directory).glob("chunk-*.safetensors"))
+    if not chunks:
+        raise SystemExit(f"{directory} holds no bench cache chunks (chunk-*.safetensors)")
+    return np.concatenate([to_uint8((_read_chunk(path).float() + 1) / 2) for path in chunks])
+
+
+def _read_chunk(path: Path, n: int | None = None) -> torch.Tensor:
+    """A chunk's images, checked: 4-d, finite, and `n` of them when given."""
     try:
         images = load_file(str(path))["images"]
     except (SafetensorError, OSError, KeyError) as err:
         raise SystemExit(f"bench cache: {path} cannot be read ({err}); delete it to make the chunk again") from err
-    if images.dim() != 4 or images.shape[0] != n or not torch.isfinite(images).all():
+    if images.dim() != 4 or (n is not None and images.shape[0] != n) or not torch.isfinite(images).all():
         raise SystemExit(f"bench cache: {path} holds {tuple(images.shape)} (or non-finite values), expected {n} images")
     return images

@@ -21,17 +21,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load_file
 
+from bench.image_cache import cached_pixels
 from trainer.worlds import shapes
-
-
-def cached_pixels(directory: Path) -> np.ndarray:
-    """The images a bench cache folder holds, in order, as uint8 (the bench keeps them in [-1, 1])."""
-    chunks = sorted(Path(directory).glob("chunk-*.safetensors"))
-    if not chunks:
-        raise SystemExit(f"{directory} holds no bench cache chunks (chunk-*.safetensors)")
-    return np.concatenate([shapes.to_uint8((load_file(str(c))["images"].float() + 1) / 2) for c in chunks])
 
 
 def report(name: str, table: dict[str, dict[str, float]]) -> str:

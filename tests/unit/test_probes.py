@@ -275,3 +275,22 @@ def torch_images(pixels: np.ndarray):
     import torch
 
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+paired_probe = _load("probe_judge_paired")
+
+
+def test_paired_probe_compares_cached_images_with_a_base(tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    renders = shapes.render(shapes.eval_scenes(14)) * 2 - 1  # as the bench caches them
+    for name, images in (("base", renders), ("same", renders.clone()), ("blank", renders[:, :, :1, :1].expand_as(renders))):
+        (tmp_path / name).mkdir()
+        save_file({"images": images.contiguous()}, str(tmp_path / name / "chunk-0000.safetensors"))
+    out = paired_probe.main([str(tmp_path / "base"), str(tmp_path / "same"), str(tmp_path / "blank"), "--prompts", "14"])
+    same, blank = (d for _, d in out)
+    assert (same.difference, same.changed) == (0.0, 0)
+    assert blank.difference == pytest.approx(-1.0) and blank.changed == 14  # the background alone passes nothing
+    assert "judge overall 1.0000" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="holds 14 images, not the 7"):
+        paired_probe.main([str(tmp_path / "base"), str(tmp_path / "same"), "--prompts", "7"])

@@ -532,7 +532,19 @@ def matches(detections: list[Detection], condition: Condition, margin: float = 3
 def judge_rewards(images: np.ndarray, conditions: Sequence[Condition]) -> np.ndarray:
     """(B,) float32: 1 where `matches` accepts the (B, H, W, 3) uint8 image for its condition, else 0 (the reward of
     reward-weighted DMD; module-level so trainer/judge_pool.py's workers can run it)."""
-    return np.array([matches(detect(img), c) for img, c in zip(images, conditions)], dtype=np.float32)
+    return verdicts(images, list(conditions)).astype(np.float32)
+
+
+def verdicts(
+    images: np.ndarray | list, conditions: list[Condition], detections: list[list[Detection]] | None = None
+) -> np.ndarray:
+    """(B,) bool: whether the judge accepts each image for its condition, the per-image verdicts `judge` averages
+    (kept per image, two models' verdicts on the same prompts and seeds compare image by image: bench/paired.py)."""
+    if len(images) != len(conditions):
+        raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
+    _check_detections(images, detections)
+    detections = detect_all(images) if detections is None else detections
+    return np.array([matches(found, condition) for found, condition in zip(detections, conditions)], dtype=bool)
 
 
 def detect_all(images: np.ndarray | list) -> list[list[Detection]]:
@@ -569,13 +581,10 @@ def judge(
     `images`: (B, H, W, 3) uint8 array or a list of PIL images / arrays; `detections`: their
     `detect_all`, when the caller already has it.
     """
-    if len(images) != len(conditions):
-        raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
-    _check_detections(images, detections)
-    detections = detect_all(images) if detections is None else detections
+    accepted = verdicts(images, conditions, detections)
     correct: dict[str, list[bool]] = {}
-    for found, condition in zip(detections, conditions):
-        correct.setdefault(condition.category, []).append(matches(found, condition))
+    for verdict, condition in zip(accepted, conditions):
+        correct.setdefault(condition.category, []).append(bool(verdict))
     scores = {cat: float(np.mean(correct[cat])) for cat in CATEGORIES if cat in correct}
     scores["overall"] = float(np.mean(list(scores.values()))) if scores else 0.0
     return scores

@@ -1,0 +1,102 @@
+"""`bench paired`: rows of one image result file compared image by image, with the standard error of the difference."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from bench import paired
+from bench.paired import PairedDifference, overall_score, pack_verdicts, paired_difference, unpack_verdicts
+from trainer.worlds import shapes
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 560])
+def test_verdicts_pack_to_hex_and_back(count: int) -> None:
+    accepted = np.random.default_rng(count).random(count) < 0.6
+    packed = pack_verdicts(accepted)
+    assert isinstance(packed, str) and len(packed) == 2 * math.ceil(count / 8)
+    np.testing.assert_array_equal(unpack_verdicts(packed, count), accepted)
+
+
+def test_verdicts_of_another_prompt_count_or_not_hex_are_refused() -> None:
+    packed = pack_verdicts(np.ones(16, bool))
+    with pytest.raises(ValueError, match="hold 16 bits, not the 24 images"):
+        unpack_verdicts(packed, 24)
+    with pytest.raises(ValueError, match="must be a hex string"):
+        unpack_verdicts("zz", 8)
+
+
+def test_overall_score_is_the_judges_overall() -> None:
+    rng = random.Random(3)
+    scenes = [shapes.sample_scene(rng, category) for category in shapes.CATEGORIES for _ in range(3)]
+    images = shapes.to_uint8(shapes.render(scenes))
+    conditions = [s.condition for s in scenes]
+    accepted = shapes.verdicts(images, conditions)
+    assert accepted.all()
+    blank = np.zeros_like(images)  # the last 12 images drawn empty: they fail
+    accepted = shapes.verdicts(np.concatenate([images[:9], blank[9:]]), conditions)
+    categories = [c.category for c in conditions]
+    judged = shapes.judge(np.concatenate([images[:9], blank[9:]]), conditions)
+    assert overall_score(accepted, categories) == pytest.approx(judged["overall"]) and judged["overall"] < 1
+
+
+def test_the_paired_difference_is_the_difference_of_overalls_with_a_stratified_error() -> None:
+    categories = ["a"] * 4 + ["b"] * 2
+    a = np.array([1, 1, 0, 0, 1, 0], bool)
+    b = np.array([1, 0, 1, 1, 1, 1], bool)
+    d = paired_difference(a, b, categories)
+    assert d.difference == pytest.approx(overall_score(b, categories) - overall_score(a, categories))
+    assert d.difference == pytest.approx(((0 - 1 + 1 + 1) / 4 + (0 + 1) / 2) / 2)
+    # per category: var(d_a) = var([0, -1, 1, 1]) = 11/12 over 4 images; var(d_b) = var([0, 1]) = 1/2 over 2
+    assert d.standard_error == pytest.approx(math.sqrt((11 / 12 / 4 + 0.5 / 2) / 4))
+    assert d.changed == 4 and d.images == 6 and d.z == pytest.approx(d.difference / d.standard_error)
+    same = paired_difference(a, a, categories)
+    assert (same.difference, same.standard_error, same.changed, same.z) == (0.0, 0.0, 0, 0.0)
+    with pytest.raises(ValueError, match="6 and 5 verdicts for 6 prompts"):
+        paired_difference(a, b[:5], categories)
+
+
+def _result(tmp_path, rows: list[dict], prompts: int = 14):
+    path = tmp_path / "image-cpu.json"
+    path.write_text(json.dumps({"suite": "image", "prompts": prompts, "rows": rows}))
+    return path
+
+
+def test_bench_paired_compares_rows_with_verdicts_and_names_those_without(tmp_path, capsys) -> None:
+    categories = [s.condition.category for s in shapes.eval_scenes(14)]
+    base = np.zeros(14, bool)
+    better = base.copy()
+    better[:7] = True  # one image of each category (eval scenes cycle through them)
+    rows = [
+        {"model": "base", "steps": 1, "verdicts": pack_verdicts(base)},
+        {"model": "better", "steps": 1, "verdicts": pack_verdicts(better)},
+        {"model": "old", "steps": 1},
+        {"model": "better", "steps": 2, "verdicts": pack_verdicts(~base)},
+    ]
+    compared = paired.main([str(_result(tmp_path, rows)), "--base", "base"])
+    assert [m for m, _ in compared] == ["better"]
+    expected = overall_score(better, categories) - overall_score(base, categories)
+    assert isinstance(compared[0][1], PairedDifference) and compared[0][1].difference == pytest.approx(expected)
+    out = capsys.readouterr().out
+    assert "minus base's, paired over 14 prompts" in out and "better" in out and "rows from before session 25): old" in out
+
+
+def test_bench_paired_refuses_what_it_cannot_compare(tmp_path) -> None:
+    rows = [{"model": "old", "steps": 1}, {"model": "new", "steps": 1, "verdicts": pack_verdicts(np.ones(14, bool))}]
+    path = _result(tmp_path, rows)
+    with pytest.raises(SystemExit, match="no row of nobody at 1 steps"):
+        paired.main([str(path), "--base", "nobody"])
+    with pytest.raises(SystemExit, match="keeps no per-image verdicts"):
+        paired.main([str(path), "--base", "old"])
+    with pytest.raises(SystemExit, match="no row of new at 4 steps"):
+        paired.main([str(path), "--base", "new", "--steps", "4"])
+    text = tmp_path / "text-cpu.json"
+    text.write_text(json.dumps({"suite": "text", "prompts": 14, "rows": []}))
+    with pytest.raises(SystemExit, match="compares image result rows, not 'text'"):
+        paired.main([str(text), "--base", "new"])
+    with pytest.raises(SystemExit, match="cannot read result file"):
+        paired.main([str(tmp_path / "missing.json"), "--base", "new"])
