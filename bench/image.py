@@ -19,7 +19,7 @@ import torch
 from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
 from bench.image_cache import cache_key, cached_images, weights_digest
 from bench.image_plots import plot
-from bench.paired import pack_verdicts
+from bench.paired import fd_jackknife, jackknife_se, pack_verdicts
 from engines.devices import device_name, device_slug, synchronize
 from engines.errors import CheckpointError
 from engines.features import CARD_FILE as FEATURES_CARD
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             failures = shapes.failure_shares(pixels, conditions, found)
             generated = fid_features(features, fd_images((images.float() + 1) / 2))
             fd = frechet_distance(generated, reference)
+            left_out = fd_jackknife(generated, reference)  # for standard errors of FD gaps and ratios (bench/paired.py)
             # the detector reads the world's resolution: 64-px rows only
             split = fd_split(features, generated, found, reference) if images.shape[-1] == shapes.RESOLUTION else {}
             scored_s = time.perf_counter() - started
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "batch": 1,
                 "quality": quality,
                 "fd": fd,
+                "fd_se": jackknife_se(left_out),
+                "fd_jackknife": [round(v, 4) for v in left_out],
                 **split,  # what it draws (its objects, re-rendered cleanly) and how (its images against those)
                 # diversity where the caption leaves colour free (the judge cannot see a collapse there)
                 "free_colour_bits": free_bits["color"],

@@ -68,6 +68,10 @@ def test_every_row_has_an_fd_above_the_resolution_floor(tiny_image_root, tmp_pat
         assert overall_score(accepted, categories) == pytest.approx(row["quality"]["overall"])
     d = paired_difference(one, two, categories)
     assert d.difference == pytest.approx(result["rows"][1]["quality"]["overall"] - result["rows"][0]["quality"]["overall"])
+    # and the FD with each group of prompts left out (here 14 prompts: one at a time), for FD standard errors
+    for row in result["rows"]:
+        assert len(row["fd_jackknife"]) == result["prompts"] and all(math.isfinite(v) for v in row["fd_jackknife"])
+        assert row["fd_se"] > 0 and math.isfinite(row["fd_se"])
 
 
 def test_missing_feature_network_fails_before_generating(tiny_image_root, tmp_path):

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from bench import paired
-from bench.paired import PairedDifference, overall_score, pack_verdicts, paired_difference, unpack_verdicts
+from bench.paired import (
+    PairedDifference,
+    fd_jackknife,
+    jackknife_se,
+    overall_score,
+    pack_verdicts,
+    paired_difference,
+    unpack_verdicts,
+)
+from engines.features import frechet_distance
 from trainer.worlds import shapes
 
 
@@ -78,11 +87,48 @@ def test_bench_paired_compares_rows_with_verdicts_and_names_those_without(tmp_pa
         {"model": "better", "steps": 2, "verdicts": pack_verdicts(~base)},
     ]
     compared = paired.main([str(_result(tmp_path, rows)), "--base", "base"])
-    assert [m for m, _ in compared] == ["better"]
+    assert [c.model for c in compared] == ["base", "better"] and compared[0].judge is None
     expected = overall_score(better, categories) - overall_score(base, categories)
-    assert isinstance(compared[0][1], PairedDifference) and compared[0][1].difference == pytest.approx(expected)
+    assert isinstance(compared[1].judge, PairedDifference) and compared[1].judge.difference == pytest.approx(expected)
+    assert compared[1].fd_difference is None and compared[1].fd_ratio is None  # rows without jackknife FDs
     out = capsys.readouterr().out
     assert "minus base's, paired over 14 prompts" in out and "better" in out and "rows from before session 25): old" in out
+
+
+def test_fd_jackknife_leaves_each_group_out_and_pairs_up_between_rows() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(30, 4))
+    near, far = reference + 0.1 * rng.normal(size=(30, 4)), reference + 1.0 + rng.normal(size=(30, 4))
+    left = fd_jackknife(near, reference, groups=5)
+    keep = np.arange(30) % 5 != 2
+    assert len(left) == 5 and left[2] == pytest.approx(frechet_distance(near[keep], reference[keep]))
+    assert len(fd_jackknife(near, reference, groups=40)) == 30  # fewer prompts than groups: one left out at a time
+    assert jackknife_se([1.0, 1.0, 1.0]) == 0.0
+    assert jackknife_se([0.0, 2.0]) == pytest.approx(math.sqrt(0.5 * 2))  # (G-1)/G * sum of squares about the mean
+    far_left = np.asarray(fd_jackknife(far, reference, groups=5))
+    assert (far_left > np.asarray(left)).all()  # paired: the far set is farther with every group left out
+    with pytest.raises(ValueError, match="29 generated features for 30"):
+        fd_jackknife(near[:29], reference)
+    with pytest.raises(ValueError, match="needs 2 groups"):
+        fd_jackknife(near, reference, groups=1)
+
+
+def test_bench_paired_gives_fd_gaps_and_ratios_to_the_teacher_with_jackknife_errors(tmp_path, capsys) -> None:
+    rows = [
+        {"model": "t", "role": "teacher", "steps": 50, "fd": 20.0, "fd_jackknife": [19.0, 21.0, 20.0, 20.0]},
+        {"model": "a", "steps": 1, "teacher": "t", "fd": 30.0, "fd_jackknife": [29.0, 31.0, 30.0, 30.0]},
+        {"model": "b", "steps": 1, "teacher": "t", "fd": 33.0, "fd_jackknife": [32.0, 34.0, 33.5, 32.5]},
+    ]
+    compared = paired.main([str(_result(tmp_path, rows)), "--base", "a"])
+    base, b = compared
+    assert base.fd_difference is None and base.fd_ratio == pytest.approx(1.5)
+    assert base.fd_ratio_se == pytest.approx(jackknife_se(np.array([29, 31, 30, 30]) / np.array([19, 21, 20, 20])))
+    assert b.fd_difference == pytest.approx(3.0) and b.fd_difference_se == pytest.approx(jackknife_se([3, 3, 3.5, 2.5]))
+    assert b.judge is None and b.fd_ratio == pytest.approx(1.65)
+    out = capsys.readouterr().out
+    assert "FD +3.00 ± " in out and "FD / teacher's 1.500 ± " in out
+    # no teacher row at the asked steps: no ratios
+    assert all(c.fd_ratio is None for c in paired.main([str(_result(tmp_path, rows)), "--base", "a", "--teacher-steps", "25"]))
 
 
 def test_bench_paired_refuses_what_it_cannot_compare(tmp_path) -> None:

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import REPO
 from trainer.worlds import shapes
@@ -294,3 +295,26 @@ def test_paired_probe_compares_cached_images_with_a_base(tmp_path, capsys) -> No
     assert "judge overall 1.0000" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="holds 14 images, not the 7"):
         paired_probe.main([str(tmp_path / "base"), str(tmp_path / "same"), "--prompts", "7"])
+
+
+fd_spread = _load("probe_fd_spread")
+
+
+def test_fd_spread_probe_gives_jackknife_errors_of_fds_their_gaps_and_ratios(tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    renders = shapes.render(shapes.eval_scenes(14)) * 2 - 1  # as the bench caches them
+    noisy = (renders + 0.3 * torch.randn(renders.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    for name, images in (("renders", renders), ("noisy", noisy), ("blank", renders[:, :, :1, :1].expand_as(renders))):
+        (tmp_path / name).mkdir()
+        save_file({"images": images.contiguous()}, str(tmp_path / name / "chunk-0000.safetensors"))
+    args = [str(tmp_path / "noisy"), str(tmp_path / "blank"), "--teacher", str(tmp_path / "renders"), "--prompts", "14"]
+    noisy_spread, blank_spread, teacher = fd_spread.main(args)
+    assert teacher.fd == pytest.approx(0.0, abs=0.05)  # the renders against themselves (after a float round trip)
+    assert min(blank_spread.fd, noisy_spread.fd) > 100 * teacher.fd and noisy_spread.standard_error > 0
+    assert blank_spread.difference == pytest.approx(blank_spread.fd - noisy_spread.fd) and blank_spread.difference_se > 0
+    assert noisy_spread.ratio is not None and teacher.ratio is None
+    out = capsys.readouterr().out
+    assert "jackknife's standard error" in out and "minus noisy's" in out
+    with pytest.raises(SystemExit, match="needs 2 groups"):
+        fd_spread.main([*args, "--groups", "1"])
