@@ -19,7 +19,8 @@ Reward-weighted DMD (after Stream-R1 / Re-DMD): with `reward_beta` != 0, each sa
 weighted by exp(beta * r) / mean(exp(beta * r)), r = 1 when the world's judge accepts the sample. Beta > 0 is the
 papers' weighting: accepted samples lead. Beta < 0 gives the samples the judge rejects the larger share of the
 gradient, on the reading that a student of limited capacity spends it where the weights are: session 25's beta 2
-lowered the one-step judge from 0.730 to 0.700 (`bench/results/device/pool16-reward-h100/`).
+read 0.700 at one step against 0.730 without it (-0.029 ± 0.021 paired, so not yet a result either way;
+`bench/results/device/pool16-reward-h100/`).
 
 DMD's regression loss (Yin et al. 2023, sec. 3.3), optional: with `regression_weight` > 0, a fixed
 set of `regression_pairs` (noise z, teacher ODE sample y) pairs is made once (`trainer/ode_pairs.py`)
