@@ -50,7 +50,7 @@ class CriticDistillConfig:
     # Reward-weighted DMD (Re-DMD, Reward Forcing sec. 3.3; Stream-R1): each sample's DMD loss is weighted by
     # exp(beta * r) / mean(exp(beta * r)) with r in [0, 1] from the world's judge; 0 = plain DMD. Beta < 0 turns it
     # round: the rollouts the judge rejects get the larger share of the gradient (session 25: at beta 2 and a pass
-    # rate of 0.73, rejected image rollouts got a seventh of an accepted one's weight, and the judge fell 0.03)
+    # rate of 0.73, rejected image rollouts got a seventh of an accepted one's weight; the judge fell 0.03, within noise)
     reward_beta: float = 0.0
     reward_workers: int = 0  # processes judging the rewards (trainer/judge_pool.py); 0: the training process
     # DMD's regression loss (Yin et al. 2023, sec. 3.3) on a fixed set of teacher ODE samples, against mode collapse;
