@@ -359,6 +359,11 @@ def summarise(rows: list[dict]) -> dict:
                 best_within = max(within, key=lambda r: r["quality"]["overall"])
                 summary["student_best_1step_within_fd_limit"] = best_within["model"]
                 summary["student_best_1step_within_fd_limit_overall"] = best_within["quality"]["overall"]
+                if "fd_jackknife" in best_within and "fd_jackknife" in fifty[0]:
+                    # how sure the FD half is: its ratio to the teacher's, with the jackknife's standard error
+                    ratios = np.asarray(best_within["fd_jackknife"]) / np.asarray(fifty[0]["fd_jackknife"])
+                    summary["student_best_1step_within_fd_limit_fd_ratio"] = best_within["fd"] / fifty[0]["fd"]
+                    summary["student_best_1step_within_fd_limit_fd_ratio_se"] = jackknife_se(ratios)
             summary["one_step_target_met"] = any(r["quality"]["overall"] >= judge_floor for r in within)
     return summary
 

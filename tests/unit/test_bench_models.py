@@ -216,3 +216,19 @@ def test_cards_quote_only_rows_of_the_weights_they_hold(tiny_image_root, tmp_pat
     assert metrics["image-cpu @ 2 steps"]["overall"] == 0.6 and metrics["image-cpu @ 4 steps"]["overall"] == 0.7
     assert metrics["source"] == "bench/results/image-cpu.json"
     assert "image-cpu @ 2 steps" in (root / "tiny-cpu" / "README.md").read_text()
+
+
+def test_image_summary_gives_the_fd_ratio_of_the_best_student_within_the_limit_with_its_error() -> None:
+    from bench.image import summarise
+    from bench.paired import jackknife_se
+
+    fifty = _image_row("t", "teacher", 50, 0.87, 20.0) | {"fd_jackknife": [19.0, 21.0, 20.0]}
+    teacher = [_image_row("t", "teacher", 25, 0.88, 17.0), fifty]
+    broad = _image_row("broad", "student", 1, 0.73, 29.5) | {"fd_jackknife": [29.0, 30.0, 29.5]}
+    summary = summarise([*teacher, broad])
+    assert summary["student_best_1step_within_fd_limit_fd_ratio"] == 29.5 / 20.0
+    expected = jackknife_se([29.0 / 19.0, 30.0 / 21.0, 29.5 / 20.0])
+    assert summary["student_best_1step_within_fd_limit_fd_ratio_se"] == expected > 0
+    # rows from before session 25 keep no jackknife FDs: no error is made up
+    older = summarise([*teacher, _image_row("broad", "student", 1, 0.73, 29.5)])
+    assert "student_best_1step_within_fd_limit_fd_ratio_se" not in older
