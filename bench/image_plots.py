@@ -1,7 +1,8 @@
 """Plots of an image result file: where every model stands against issue 3's one-step target, and what steps buy.
 
 `image-<slug>-judge-vs-fd.png`: every one-step student (and the teacher at each step count) as judge score against
-FD, with the target region shaded (judge within 0.01 of the teacher's best, FD within 1.5x its 50-step FD).
+FD, with the target region shaded (judge within 0.01 of the teacher's best, FD within 1.5x its 50-step FD), and
+± one standard error on rows that keep what it takes (from session 25: `fd_se`, `verdicts`).
 `image-<slug>-judge-vs-nfe.png`: judge score against network evaluations, one line per model.
 Written by `bench image` and `bench rows` beside the result file, from its rows alone."""
 
@@ -25,6 +26,19 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def error_bars(row: dict, prompts: int) -> tuple[float | None, float | None]:
+    """(FD, judge) standard errors of a row, from what rows keep since session 25 (`fd_se`; per-image `verdicts`);
+    None for older rows."""
+    from bench.paired import overall_standard_error, unpack_verdicts
+    from trainer.worlds import shapes
+
+    judge = None
+    if "verdicts" in row:
+        categories = [scene.condition.category for scene in shapes.eval_scenes(prompts)]
+        judge = overall_standard_error(unpack_verdicts(row["verdicts"], prompts), categories)
+    return row.get("fd_se"), judge
 
 
 ZOOM_FD_MAX = 150.0  # FD beyond this is far from any target: such points are named in the legend, not drawn
@@ -63,7 +77,18 @@ def plot_judge_vs_fd(result: dict, path: Path) -> Path | None:
     for i, r in enumerate(students):
         label = f"{r['model']}: {r['quality']['overall']:.3f}, FD {r['fd']:.1f}"
         if shown(r):
-            ax.plot(r["fd"], r["quality"]["overall"], MARKERS[i % len(MARKERS)], markersize=6, label=label)
+            fd_se, judge_se = error_bars(r, int(result.get("prompts", 0)))
+            ax.errorbar(
+                r["fd"],
+                r["quality"]["overall"],
+                xerr=fd_se,
+                yerr=judge_se,
+                fmt=MARKERS[i % len(MARKERS)],
+                markersize=6,
+                elinewidth=0.8,
+                capsize=2,
+                label=label,
+            )
         else:
             ax.plot([], [], " ", label=label + " (off the chart)")
     drawn = [r["fd"] for r in (*students, *near) if shown(r)] or [ZOOM_FD_MAX / 2]

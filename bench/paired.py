@@ -89,6 +89,18 @@ def overall_score(accepted: np.ndarray, categories: list[str]) -> float:
     return float(np.mean([accepted[labels == c].mean() for c in dict.fromkeys(categories)]))
 
 
+def overall_standard_error(accepted: np.ndarray, categories: list[str]) -> float:
+    """The standard error of one row's overall score from its verdicts, stratified by category as `paired_difference`
+    is (for error bars; comparing two rows, use their paired difference, which is sharper)."""
+    labels, accepted = np.asarray(categories), np.asarray(accepted, dtype=float)
+    present = list(dict.fromkeys(categories))
+    variance = (
+        sum(accepted[labels == c].var(ddof=1) / (labels == c).sum() for c in present if (labels == c).sum() > 1)
+        / len(present) ** 2
+    )
+    return float(math.sqrt(variance))
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, categories: list[str]) -> PairedDifference:
     """b's overall judge score minus a's, from the per-image verdicts of the same prompts and seeds."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

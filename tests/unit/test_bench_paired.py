@@ -146,3 +146,13 @@ def test_bench_paired_refuses_what_it_cannot_compare(tmp_path) -> None:
         paired.main([str(text), "--base", "new"])
     with pytest.raises(SystemExit, match="cannot read result file"):
         paired.main([str(tmp_path / "missing.json"), "--base", "new"])
+
+
+def test_one_rows_standard_error_is_stratified_by_category() -> None:
+    from bench.paired import overall_standard_error
+
+    categories = ["a"] * 4 + ["b"] * 2
+    accepted = np.array([1, 1, 0, 0, 1, 0], bool)
+    # var_a = 1/3 over 4 images, var_b = 1/2 over 2: (1/12 + 1/4) / 2^2
+    assert overall_standard_error(accepted, categories) == pytest.approx(math.sqrt((1 / 12 + 1 / 4) / 4))
+    assert overall_standard_error(np.ones(6, bool), categories) == 0.0

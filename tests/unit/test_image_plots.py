@@ -59,3 +59,21 @@ def test_the_target_region_is_shaded_only_when_the_file_can_place_it(tmp_path) -
 def test_nothing_to_plot_writes_nothing(tmp_path) -> None:
     assert plot(_result([]), tmp_path, "cpu") == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rows_that_keep_their_errors_get_error_bars(tmp_path) -> None:
+    from bench.image_plots import error_bars
+    from bench.paired import overall_standard_error, pack_verdicts
+    from trainer.worlds import shapes
+
+    accepted = np.arange(560) % 3 != 0  # two thirds pass, in every category
+    categories = [scene.condition.category for scene in shapes.eval_scenes(560)]
+    row = _row("dmd2", "student", 1, 0.667, 35.7) | {"fd_se": 3.2, "verdicts": pack_verdicts(accepted)}
+    fd_se, judge_se = error_bars(row, 560)
+    assert fd_se == 3.2 and judge_se == overall_standard_error(accepted, categories)
+    assert 0.015 < judge_se < 0.025  # about sqrt(p (1 - p) / 560)
+    assert error_bars(_row("old", "student", 1, 0.7, 30.0), 560) == (None, None)  # rows before session 25
+    # a plot with such a row is drawn, and differs from the same plot without its bars
+    plain = plot_judge_vs_fd(_result([*ROWS[:3], _row("dmd2", "student", 1, 0.667, 35.7)]), tmp_path / "plain.png")
+    barred = plot_judge_vs_fd(_result([*ROWS[:3], row]), tmp_path / "barred.png")
+    assert (_pixels(plain) != _pixels(barred)).any()
