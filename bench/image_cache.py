@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trainer.worlds.shapes import to_uint8
+
 
 def weights_digest(checkpoint: Path) -> str:
     """sha256 over the checkpoint's safetensors files (relative path, then bytes), in a fixed order."""
@@ -70,8 +72,6 @@ def cached_images(
 def cached_pixels(directory: Path) -> np.ndarray:
     """Every image one model-and-step-count folder of a cache holds, in prompt order, as (N, H, W, 3) uint8 (the
     cache keeps them in [-1, 1]): for probes that score an earlier run's images again without making them."""
-    from trainer.worlds.shapes import to_uint8
-
     chunks = sorted(Path(directory).glob("chunk-*.safetensors"))
     if not chunks:
         raise SystemExit(f"{directory} holds no bench cache chunks (chunk-*.safetensors)")

@@ -28,17 +28,22 @@ def _pyplot():
     return plt
 
 
-def error_bars(row: dict, prompts: int) -> tuple[float | None, float | None]:
-    """(FD, judge) standard errors of a row, from what rows keep since session 25 (`fd_se`; per-image `verdicts`);
-    None for older rows."""
+def error_bars(row: dict, categories: list[str]) -> tuple[float | None, float | None]:
+    """(FD, judge) standard errors of a row, from what rows keep since session 25 (`fd_se`; per-image `verdicts`, one
+    per prompt, whose categories are given); None for older rows."""
     from bench.paired import overall_standard_error, unpack_verdicts
-    from trainer.worlds import shapes
 
     judge = None
     if "verdicts" in row:
-        categories = [scene.condition.category for scene in shapes.eval_scenes(prompts)]
-        judge = overall_standard_error(unpack_verdicts(row["verdicts"], prompts), categories)
+        judge = overall_standard_error(unpack_verdicts(row["verdicts"], len(categories)), categories)
     return row.get("fd_se"), judge
+
+
+def prompt_categories(result: dict) -> list[str]:
+    """The category of each held-out prompt of an image result file, in order."""
+    from trainer.worlds import shapes
+
+    return [scene.condition.category for scene in shapes.eval_scenes(int(result.get("prompts", 0)))]
 
 
 ZOOM_FD_MAX = 150.0  # FD beyond this is far from any target: such points are named in the legend, not drawn
@@ -74,10 +79,11 @@ def plot_judge_vs_fd(result: dict, path: Path) -> Path | None:
             markersize=4,
             label="teacher: " + ", ".join(f"{r['steps']}" for r in near) + " steps",
         )
+    categories = prompt_categories(result)
     for i, r in enumerate(students):
         label = f"{r['model']}: {r['quality']['overall']:.3f}, FD {r['fd']:.1f}"
         if shown(r):
-            fd_se, judge_se = error_bars(r, int(result.get("prompts", 0)))
+            fd_se, judge_se = error_bars(r, categories)
             ax.errorbar(
                 r["fd"],
                 r["quality"]["overall"],

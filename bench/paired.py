@@ -83,21 +83,13 @@ class PairedDifference:
         return self.difference / self.standard_error if self.standard_error > 0 else 0.0
 
 
-def overall_score(accepted: np.ndarray, categories: list[str]) -> float:
-    """The judge's overall from per-image verdicts: the mean over categories of each one's pass rate."""
-    labels, accepted = np.asarray(categories), np.asarray(accepted, dtype=float)
-    return float(np.mean([accepted[labels == c].mean() for c in dict.fromkeys(categories)]))
-
-
-def overall_standard_error(accepted: np.ndarray, categories: list[str]) -> float:
-    """The standard error of one row's overall score from its verdicts, stratified by category as `paired_difference`
-    is (for error bars; comparing two rows, use their paired difference, which is sharper)."""
-    labels, accepted = np.asarray(categories), np.asarray(accepted, dtype=float)
+def overall_standard_error(values: np.ndarray, categories: list[str]) -> float:
+    """The standard error of an overall score (the mean over categories of per-category means) of per-image values:
+    one row's verdicts (for error bars), or two rows' per-image differences (`paired_difference`, sharper)."""
+    labels, values = np.asarray(categories), np.asarray(values, dtype=float)
     present = list(dict.fromkeys(categories))
-    variance = (
-        sum(accepted[labels == c].var(ddof=1) / (labels == c).sum() for c in present if (labels == c).sum() > 1)
-        / len(present) ** 2
-    )
+    sizes = {c: int((labels == c).sum()) for c in present}
+    variance = sum(values[labels == c].var(ddof=1) / sizes[c] for c in present if sizes[c] > 1) / len(present) ** 2
     return float(math.sqrt(variance))
 
 
@@ -106,15 +98,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, categories: list[str]) -> Pa
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not (len(a) == len(b) == len(categories)):
         raise ValueError(f"{len(a)} and {len(b)} verdicts for {len(categories)} prompts")
-    labels = np.asarray(categories)
-    present = list(dict.fromkeys(categories))
-    difference, variance = 0.0, 0.0
-    for category in present:
-        d = (b - a)[labels == category]
-        difference += d.mean() / len(present)
-        if len(d) > 1:
-            variance += d.var(ddof=1) / len(d) / len(present) ** 2
-    return PairedDifference(float(difference), math.sqrt(variance), int((a != b).sum()), len(a))
+    difference = shapes.category_scores(b, categories)["overall"] - shapes.category_scores(a, categories)["overall"]
+    return PairedDifference(difference, overall_standard_error(b - a, categories), int((a != b).sum()), len(a))
 
 
 @dataclass

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from bench.image_cache import cached_pixels
-from bench.paired import PairedDifference, overall_score, paired_difference
+from bench.paired import PairedDifference, paired_difference
 from trainer.worlds import shapes
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, PairedDifference]]:
         return shapes.verdicts(pixels, conditions)
 
     base = verdicts(args.base)
-    print(f"{args.base.name}: judge overall {overall_score(base, categories):.4f}; the others minus it:")
+    print(f"{args.base.name}: judge overall {shapes.category_scores(base, categories)['overall']:.4f}; the others minus it:")
     out = []
     for directory in args.caches:
         d = paired_difference(base, verdicts(directory), categories)

@@ -60,12 +60,12 @@ def test_every_row_has_an_fd_above_the_resolution_floor(tiny_image_root, tmp_pat
             assert list(shares) == list(shapes.FAILURE_REASONS) and abs(sum(shares.values()) - 1) < 1e-3
             assert shares["pass"] == pytest.approx(row["quality"][category], abs=1e-4)
     # the per-image verdicts behind the scores, for paired comparisons (bench/paired.py): they give the row's judge
-    from bench.paired import overall_score, paired_difference, unpack_verdicts
+    from bench.paired import paired_difference, unpack_verdicts
 
     categories = [scene.condition.category for scene in shapes.eval_scenes(result["prompts"])]
     one, two = (unpack_verdicts(row["verdicts"], result["prompts"]) for row in result["rows"])
     for row, accepted in zip(result["rows"], (one, two)):
-        assert overall_score(accepted, categories) == pytest.approx(row["quality"]["overall"])
+        assert shapes.category_scores(accepted, categories) == pytest.approx(row["quality"])
     d = paired_difference(one, two, categories)
     assert d.difference == pytest.approx(result["rows"][1]["quality"]["overall"] - result["rows"][0]["quality"]["overall"])
     # and the FD with each group of prompts left out (here 14 prompts: one at a time), for FD standard errors

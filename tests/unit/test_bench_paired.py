@@ -14,13 +14,16 @@ from bench.paired import (
     PairedDifference,
     fd_jackknife,
     jackknife_se,
-    overall_score,
     pack_verdicts,
     paired_difference,
     unpack_verdicts,
 )
 from engines.features import frechet_distance
 from trainer.worlds import shapes
+
+
+def overall(accepted: np.ndarray, categories: list[str]) -> float:
+    return shapes.category_scores(accepted, categories)["overall"]
 
 
 @pytest.mark.parametrize("count", [1, 7, 8, 9, 560])
@@ -39,7 +42,7 @@ def test_verdicts_of_another_prompt_count_or_not_hex_are_refused() -> None:
         unpack_verdicts("zz", 8)
 
 
-def test_overall_score_is_the_judges_overall() -> None:
+def test_category_scores_from_verdicts_are_the_judges_scores() -> None:
     rng = random.Random(3)
     scenes = [shapes.sample_scene(rng, category) for category in shapes.CATEGORIES for _ in range(3)]
     images = shapes.to_uint8(shapes.render(scenes))
@@ -50,7 +53,7 @@ def test_overall_score_is_the_judges_overall() -> None:
     accepted = shapes.verdicts(np.concatenate([images[:9], blank[9:]]), conditions)
     categories = [c.category for c in conditions]
     judged = shapes.judge(np.concatenate([images[:9], blank[9:]]), conditions)
-    assert overall_score(accepted, categories) == pytest.approx(judged["overall"]) and judged["overall"] < 1
+    assert shapes.category_scores(accepted, categories) == pytest.approx(judged) and judged["overall"] < 1
 
 
 def test_the_paired_difference_is_the_difference_of_overalls_with_a_stratified_error() -> None:
@@ -58,7 +61,7 @@ def test_the_paired_difference_is_the_difference_of_overalls_with_a_stratified_e
     a = np.array([1, 1, 0, 0, 1, 0], bool)
     b = np.array([1, 0, 1, 1, 1, 1], bool)
     d = paired_difference(a, b, categories)
-    assert d.difference == pytest.approx(overall_score(b, categories) - overall_score(a, categories))
+    assert d.difference == pytest.approx(overall(b, categories) - overall(a, categories))
     assert d.difference == pytest.approx(((0 - 1 + 1 + 1) / 4 + (0 + 1) / 2) / 2)
     # per category: var(d_a) = var([0, -1, 1, 1]) = 11/12 over 4 images; var(d_b) = var([0, 1]) = 1/2 over 2
     assert d.standard_error == pytest.approx(math.sqrt((11 / 12 / 4 + 0.5 / 2) / 4))
@@ -88,7 +91,7 @@ def test_bench_paired_compares_rows_with_verdicts_and_names_those_without(tmp_pa
     ]
     compared = paired.main([str(_result(tmp_path, rows)), "--base", "base"])
     assert [c.model for c in compared] == ["base", "better"] and compared[0].judge is None
-    expected = overall_score(better, categories) - overall_score(base, categories)
+    expected = overall(better, categories) - overall(base, categories)
     assert isinstance(compared[1].judge, PairedDifference) and compared[1].judge.difference == pytest.approx(expected)
     assert compared[1].fd_difference is None and compared[1].fd_ratio is None  # rows without jackknife FDs
     out = capsys.readouterr().out

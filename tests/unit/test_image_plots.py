@@ -69,10 +69,10 @@ def test_rows_that_keep_their_errors_get_error_bars(tmp_path) -> None:
     accepted = np.arange(560) % 3 != 0  # two thirds pass, in every category
     categories = [scene.condition.category for scene in shapes.eval_scenes(560)]
     row = _row("dmd2", "student", 1, 0.667, 35.7) | {"fd_se": 3.2, "verdicts": pack_verdicts(accepted)}
-    fd_se, judge_se = error_bars(row, 560)
+    fd_se, judge_se = error_bars(row, categories)
     assert fd_se == 3.2 and judge_se == overall_standard_error(accepted, categories)
     assert 0.015 < judge_se < 0.025  # about sqrt(p (1 - p) / 560)
-    assert error_bars(_row("old", "student", 1, 0.7, 30.0), 560) == (None, None)  # rows before session 25
+    assert error_bars(_row("old", "student", 1, 0.7, 30.0), categories) == (None, None)  # rows before session 25
     # a plot with such a row is drawn, and differs from the same plot without its bars
     plain = plot_judge_vs_fd(_result([*ROWS[:3], _row("dmd2", "student", 1, 0.667, 35.7)]), tmp_path / "plain.png")
     barred = plot_judge_vs_fd(_result([*ROWS[:3], row]), tmp_path / "barred.png")

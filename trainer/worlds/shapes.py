@@ -581,11 +581,18 @@ def judge(
     `images`: (B, H, W, 3) uint8 array or a list of PIL images / arrays; `detections`: their
     `detect_all`, when the caller already has it.
     """
-    accepted = verdicts(images, conditions, detections)
-    correct: dict[str, list[bool]] = {}
-    for verdict, condition in zip(accepted, conditions):
-        correct.setdefault(condition.category, []).append(bool(verdict))
-    scores = {cat: float(np.mean(correct[cat])) for cat in CATEGORIES if cat in correct}
+    return category_scores(verdicts(images, conditions, detections), [c.category for c in conditions])
+
+
+def category_scores(accepted: np.ndarray | Sequence[bool], categories: Sequence[str]) -> dict[str, float]:
+    """Per category the share of accepted images, and `overall`, the mean over the categories present: the judge's
+    scores from per-image verdicts (`verdicts`), so a caller that keeps the verdicts does not match images twice."""
+    accepted, labels = np.asarray(accepted, dtype=float), np.asarray(categories)
+    if len(accepted) != len(labels):
+        raise ValueError(f"{len(accepted)} verdicts for {len(labels)} categories")
+    present = list(dict.fromkeys(categories))
+    ordered = [c for c in CATEGORIES if c in present] + [c for c in present if c not in CATEGORIES]
+    scores = {c: float(accepted[labels == c].mean()) for c in ordered}
     scores["overall"] = float(np.mean(list(scores.values()))) if scores else 0.0
     return scores
 
