@@ -138,4 +138,5 @@ def test_a_folder_without_our_card_has_no_earlier_stages(tmp_path) -> None:
     keep_parent_card(str(foreign), tmp_path / "run")  # nothing to keep
     assert not (tmp_path / "run").exists()
     assert continued_card(str(foreign), "shapes-dmd2", tmp_path / "run") is None
-    assert keep_parent_card(None, tmp_path / "run") is None and continued_card(None, "x") is None
+    keep_parent_card(None, tmp_path / "fresh-run")  # a run from nothing keeps no card
+    assert not (tmp_path / "fresh-run").exists() and continued_card(None, "x") is None
