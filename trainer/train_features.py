@@ -13,7 +13,10 @@ penultimate activations are the FD features. It trains on CPU in a few minutes:
   horizontal flips, which keep every label: the world is left-right symmetric). A few blank
   backgrounds teach the count head "0", which generators can produce and the world never does.
 - No noise or blur augmentation on purpose: the features must stay sensitive to exactly the
-  artefacts FD is meant to catch.
+  artefacts FD is meant to catch. The judge proxy (`--role judge-proxy`, `trainer/judge_proxy.py`) is the
+  other use of this recipe: a second network with its own seed, whose label heads a generator is trained
+  against. It takes `--noise-std`: Gaussian pixel noise on half its images, so it reads a noisy, half-drawn
+  shape by its shape rather than by its texture, and its input gradients point at shapes.
 - Held-out accuracy per head on `shapes.eval_scenes` (never trained on: a different seed stream)
   goes into features.json and README.md beside the weights; features.json, not card.json, so the
   engine registry does not try to serve it.
@@ -43,6 +46,13 @@ from engines.features import CARD_FILE, ShapesFeatureConfig, ShapesFeatureNet, a
 from trainer.worlds import shapes
 
 BLANK = shapes.Scene((), shapes.Condition("blank", ()))  # background only: zero objects
+ROLES = {
+    "fd-features": "Feature network for Fréchet distances on shapes-world images (engines/features.py): "
+    "a CNN attribute classifier whose globally pooled penultimate activations are the FD features.",
+    "judge-proxy": "Judge proxy for shapes-world images (trainer/judge_proxy.py): a CNN attribute classifier, "
+    "trained apart from the FD network (its own seed, noise augmentation), whose label heads give generators a "
+    "differentiable reading of what a caption asks. Not for Fréchet distances: the FD network is shapes-features.",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,8 @@ class FeatureTrainConfig:
     eval_seed: int = 2024  # shapes.eval_scenes' default: the held-out scenes the image bench prompts with
     fd_scenes: int = 500  # per set, for the reference distances recorded in the card
     max_minutes: float = 0.0  # stop early after this much wall time (0: no limit); the card records the steps done
+    role: str = "fd-features"  # or "judge-proxy": what the card says the network is for (ROLES)
+    noise_std: float = 0.0  # > 0: half of each batch gets Gaussian pixel noise of std uniform in [0, noise_std]
     log_every: int = 50
 
 
@@ -169,6 +181,13 @@ def reference_distances(model: ShapesFeatureNet, n: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- loop
 
 
+def noised(x: torch.Tensor, noise_std: float, generator: torch.Generator) -> torch.Tensor:
+    """Half the images (at random) plus Gaussian noise of a per-image std uniform in [0, noise_std]."""
+    b = x.shape[0]
+    std = noise_std * torch.rand(b, generator=generator) * (torch.rand(b, generator=generator) < 0.5)
+    return x + std[:, None, None, None] * torch.randn(x.shape, generator=generator)
+
+
 def learning_rate(cfg: FeatureTrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to zero at the last step."""
     if step < cfg.warmup_steps:
@@ -202,6 +221,8 @@ def train(cfg: FeatureTrainConfig) -> dict:
             x = x_all[pick]
             flip = torch.rand(cfg.batch_size, generator=order) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if cfg.noise_std > 0:
+                x = noised(x, cfg.noise_std, order)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             parts = losses(model, x, {k: v[pick] for k, v in labels.items()})
@@ -230,8 +251,7 @@ def train(cfg: FeatureTrainConfig) -> dict:
     card = {
         "id": cfg.id,
         "kind": "feature-network",
-        "description": "Feature network for Fréchet distances on shapes-world images (engines/features.py): "
-        "a CNN attribute classifier whose globally pooled penultimate activations are the FD features.",
+        "description": ROLES[cfg.role],
         "architecture": {
             "class": "engines.features.ShapesFeatureNet",
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -246,13 +266,15 @@ def train(cfg: FeatureTrainConfig) -> dict:
                 "shapes": f"{len(model.config.shape_names)} shape presence logits (helper)",
             },
         },
+        "role": cfg.role,
         "data": {
             "world": "shapes",
             "seed": cfg.seed,
             "renders": renders,
             "passes_per_render": cfg.passes,
             "blank_fraction": cfg.blank_fraction,
-            "augmentation": "horizontal flip",
+            "augmentation": "horizontal flip"
+            + (f", Gaussian pixel noise of std U[0, {cfg.noise_std}] on half the images" if cfg.noise_std > 0 else ""),
         },
         "training": {
             "steps": step,
@@ -309,6 +331,18 @@ def write_checkpoint(model: ShapesFeatureNet, card: dict, out: Path) -> Path:
     return out
 
 
+USES = {  # how the card tells a reader to use the network, per role
+    "fd-features": (
+        "Load it with `engines.features.load_feature_network(path)`; features with `fid_features(model, images)`,",
+        "distances with `frechet_distance(a, b)`.",
+    ),
+    "judge-proxy": (
+        "Load it with `engines.features.load_feature_network(path)`; `trainer.judge_proxy.proxy_loss(model, images,",
+        "condition_targets(conditions))` is its loss against what each caption asks, `proxy_accepts` its verdict.",
+    ),
+}
+
+
 def model_card_markdown(card: dict) -> str:
     """README.md for the checkpoint, generated from features.json so the two never disagree."""
     arch, data, train_info = card["architecture"], card["data"], card["training"]
@@ -319,8 +353,7 @@ def model_card_markdown(card: dict) -> str:
         card["description"],
         "",
         "Not a generator: the engine registry does not list it (its card is `features.json`, not `card.json`).",
-        "Load it with `engines.features.load_feature_network(path)`; features with `fid_features(model, images)`,",
-        "distances with `frechet_distance(a, b)`.",
+        *USES[card.get("role", "fd-features")],
         "",
         "## Network",
         "",
@@ -361,7 +394,20 @@ def model_card_markdown(card: dict) -> str:
 
 def command_line(cfg: FeatureTrainConfig) -> str:
     """The CLI call that repeats this run (every option `parse` takes, spelled out)."""
-    options = ("out", "steps", "batch_size", "chunk", "passes", "lr", "seed", "eval_scenes", "max_minutes")
+    options = (
+        "out",
+        "id",
+        "role",
+        "steps",
+        "batch_size",
+        "chunk",
+        "passes",
+        "lr",
+        "seed",
+        "noise_std",
+        "eval_scenes",
+        "max_minutes",
+    )
     return "python -m trainer.train_features " + " ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in options)
 
 
@@ -369,6 +415,9 @@ def parse(argv: list[str] | None = None) -> FeatureTrainConfig:
     defaults = FeatureTrainConfig()
     parser = argparse.ArgumentParser(prog="python -m trainer.train_features", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=defaults.out, help="checkpoint directory to (re)write")
+    parser.add_argument("--id", default=None, help="the card's id (default: shapes-features, or shapes-judge-proxy)")
+    parser.add_argument("--role", choices=sorted(ROLES), default=defaults.role, help="what the network is for")
+    parser.add_argument("--noise-std", type=float, default=defaults.noise_std, help="pixel noise augmentation (0: none)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--chunk", type=int, default=defaults.chunk, help="fresh renders per chunk")
@@ -381,10 +430,15 @@ def parse(argv: list[str] | None = None) -> FeatureTrainConfig:
     for name in ("steps", "batch_size", "chunk", "passes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.noise_std <= 2 or args.noise_std != args.noise_std:
+        parser.error(f"--noise-std must be in [0, 2] (images are in [-1, 1]), got {args.noise_std}")
     if args.eval_scenes < 200:
         parser.error("--eval-scenes must be at least 200 (the card also records the first 200 for the tests)")
     return FeatureTrainConfig(
         out=args.out,
+        id=args.id or (defaults.id if args.role == "fd-features" else "shapes-judge-proxy"),
+        role=args.role,
+        noise_std=args.noise_std,
         steps=args.steps,
         batch_size=args.batch_size,
         chunk=args.chunk,

@@ -297,3 +297,38 @@ def test_training_smoke_run_writes_a_loadable_checkpoint_and_repeats(tmp_path):
     assert parse(card["command"].split()[3:]) == FeatureTrainConfig(
         out=tmp_path / "a", steps=3, batch_size=16, chunk=32, passes=2, eval_scenes=200
     )
+
+
+def test_a_judge_proxy_run_says_so_in_its_card_and_repeats_from_its_command(tmp_path):
+    from trainer.train_features import FeatureTrainConfig, noised, parse, train
+
+    cfg = FeatureTrainConfig(
+        out=tmp_path / "proxy",
+        id="shapes-judge-proxy",
+        role="judge-proxy",
+        noise_std=0.3,
+        seed=1,
+        steps=2,
+        batch_size=8,
+        chunk=16,
+        passes=1,
+        eval_scenes=200,
+        fd_scenes=20,
+        log_every=1,
+    )
+    card = train(cfg)
+    assert card["role"] == "judge-proxy" and "Not for Fréchet distances" in card["description"]
+    assert "Gaussian pixel noise" in card["data"]["augmentation"]
+    assert "Judge proxy" in (tmp_path / "proxy" / "README.md").read_text()
+    again = parse(card["command"].split()[3:])
+    assert (again.role, again.noise_std, again.id, again.seed) == ("judge-proxy", 0.3, "shapes-judge-proxy", 1)
+    assert parse(["--role", "judge-proxy"]).id == "shapes-judge-proxy" and parse([]).id == "shapes-features"
+    with pytest.raises(SystemExit):
+        parse(["--noise-std", "-0.1"])
+    with pytest.raises(SystemExit):
+        parse(["--role", "classifier"])
+    # the augmentation: about half the images get noise, the rest are untouched, none beyond its std
+    x = torch.zeros(400, 3, 8, 8)
+    y = noised(x, 0.3, torch.Generator().manual_seed(0))
+    touched = (y != 0).flatten(1).any(dim=1).float().mean()
+    assert 0.35 < touched < 0.65 and y.std(dim=(1, 2, 3)).max() < 0.3 * 1.2
