@@ -93,6 +93,15 @@ def overall_standard_error(values: np.ndarray, categories: list[str]) -> float:
     return float(math.sqrt(variance))
 
 
+def fd_ratio(row: dict, teacher: dict) -> tuple[float, float | None]:
+    """A result row's FD over the teacher row's (issue 3's limit: 1.5), with the jackknife's standard error when both
+    rows keep their leave-one-group-out FDs (None otherwise)."""
+    ratio = row["fd"] / teacher["fd"]
+    if "fd_jackknife" not in row or "fd_jackknife" not in teacher:
+        return ratio, None
+    return ratio, jackknife_se(np.asarray(row["fd_jackknife"], dtype=float) / np.asarray(teacher["fd_jackknife"], dtype=float))
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, categories: list[str]) -> PairedDifference:
     """b's overall judge score minus a's, from the per-image verdicts of the same prompts and seeds."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -152,8 +161,7 @@ def compare(result: dict, base: str, steps: int, teacher_steps: int = 50) -> tup
                 c.fd_difference = row["fd"] - reference["fd"]
                 c.fd_difference_se = jackknife_se(mine - np.asarray(reference["fd_jackknife"], dtype=float))
             if teacher is not None and "fd_jackknife" in teacher:
-                c.fd_ratio = row["fd"] / teacher["fd"]
-                c.fd_ratio_se = jackknife_se(mine / np.asarray(teacher["fd_jackknife"], dtype=float))
+                c.fd_ratio, c.fd_ratio_se = fd_ratio(row, teacher)
         compared.append(c)
     return compared, skipped
 

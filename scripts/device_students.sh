@@ -122,9 +122,11 @@ VARIANTS=(
   # session 25 (not yet run): the same with reward_beta -1, so the rollouts the judge rejects lead the DMD loss
   # (weights 1.86 against 0.68 at a pass rate of 0.73) instead of trailing it as at beta 2 (0.18 against 1.31)
   "shapes-dmd2-1step-gan-taps-reg-hard=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --max_steps=765 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2 --method_config.reward_beta=-1 --method_config.reward_workers=6"
-  # session 25 (not yet run): the same with the GAN loss per patch of each head's map (method_config.gan_patch):
-  # one-step students leave 11-16 % of small objects shapeless against 2-5 % of larger ones, and an image logit
-  # averages a small ghost with the rest of the picture before the loss (probe_judge_failures.py --by-size)
+  # session 25: the same with the GAN loss per patch of each head's map (method_config.gan_patch): one-step students
+  # leave 11-16 % of small objects shapeless against 2-5 % of larger ones, and an image logit averages a small ghost
+  # with the rest of the picture before the loss (probe_judge_failures.py --by-size). Ran in session 26 (benched beside
+  # shapes-dmd2: `pipeline 12 NAME "NAME shapes-dmd2"`, with shapes-dmd2 copied into runs/exports by an earlier call):
+  # 0.738 at 1 step, FD 37.5; -0.002 +- 0.010 paired on 2240 prompts (bench/results/device/patch-fd-by-count-h100/)
   "shapes-dmd2-1step-gan-taps-reg-patch=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --max_steps=765 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2 --method_config.gan_patch=true"
   "shapes-dmd2-1step-gan-taps-reg-pool8=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --max_steps=765 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2 --method_config.regression_pool=8"
 )

@@ -318,3 +318,89 @@ def test_fd_spread_probe_gives_jackknife_errors_of_fds_their_gaps_and_ratios(tmp
     assert "jackknife's standard error" in out and "minus noisy's" in out
     with pytest.raises(SystemExit, match="needs 2 groups"):
         fd_spread.main([*args, "--groups", "1"])
+
+
+proxy_probe = _load("probe_judge_proxy")
+
+
+def test_judge_proxy_agreement_on_renders_and_on_swapped_captions() -> None:
+    """Renders for their own captions: the judge accepts all, the proxy nearly all, and its loss on them is small;
+    under other captions both refuse nearly all, and the proxy's loss on the images the judge rejects is large."""
+    from engines.features import load_feature_network
+
+    proxy = load_feature_network(REPO / "checkpoints" / "shapes-judge-proxy")
+    scenes = shapes.eval_scenes(70)
+    pixels = shapes.to_uint8(shapes.render(scenes))
+    own = proxy_probe.agreement(pixels, [s.condition for s in scenes], proxy)
+    assert own["judge"] == 1.0 and own["proxy"] > 0.95 and own["proxy_only"] == 0.0
+    assert own["loss_judge_accepts"] < 0.3 and np.isnan(own["loss_judge_rejects"])  # nothing rejected
+    swapped = proxy_probe.agreement(pixels, [s.condition for s in scenes[1:] + scenes[:1]], proxy)
+    assert swapped["judge"] < 0.1 and swapped["proxy"] < 0.2
+    assert swapped["loss_judge_rejects"] > 20 * own["loss_judge_accepts"]
+
+
+def test_pixel_descent_lowers_the_proxy_loss_and_keeps_the_images_shape() -> None:
+    from engines.features import load_feature_network
+
+    proxy = load_feature_network(REPO / "checkpoints" / "shapes-judge-proxy").requires_grad_(False)
+    scenes = shapes.eval_scenes(8)
+    pixels = shapes.to_uint8(shapes.render(scenes))
+    wrong = [s.condition for s in scenes[1:] + scenes[:1]]
+    after, losses = proxy_probe.descend(pixels, wrong, proxy, steps=8, lr=0.02)
+    assert after.shape == pixels.shape and after.dtype == np.uint8
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
+    assert np.abs(after.astype(int) - pixels.astype(int)).mean() > 1  # the pixels moved
+
+
+def test_judge_proxy_probe_refuses_a_cache_of_another_prompt_count(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"images": torch.zeros(4, 3, 64, 64)}, str(tmp_path / "chunk-0000.safetensors"))
+    with pytest.raises(SystemExit, match="holds 4 images, not the 560"):
+        proxy_probe.main(["agree", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        proxy_probe.main(["descend", str(tmp_path), "--sigma", "1.5"])
+
+
+fd_count = _load("fd_by_prompt_count")
+
+
+def _result(path, prompts: int, device: str, rows: list[dict]):
+    import json
+
+    path.write_text(
+        json.dumps({"suite": "image", "device": device, "prompts": prompts, "fd_real_vs_real": 1000 / prompts, "rows": rows})
+    )
+    return path
+
+
+def _fd_row(model: str, steps: int, fd: float, jackknife: list[float] | None = None) -> dict:
+    row = {"model": model, "steps": steps, "fd": fd, "quality": {"overall": 0.5}}
+    return row | ({"fd_jackknife": jackknife, "fd_se": 0.1} if jackknife else {})
+
+
+def test_fd_by_prompt_count_recovers_a_known_bias_and_the_unbiased_ratio(tmp_path) -> None:
+    """FDs made exactly as 5 + 9000/N (teacher) and 20 + 8000/N (model): the fit gives back 5, 20 and a ratio of 4,
+    while the ratios at each count are pulled towards 1 the fewer the prompts."""
+    files = []
+    for n in (560, 1120, 2240, 4480):
+        teacher, model = 5 + 9000 / n, 20 + 8000 / n
+        rows = [_fd_row("teacher", 50, teacher, [teacher, teacher * 1.01]), _fd_row("student", 1, model, [model, model * 0.99])]
+        files.append(_result(tmp_path / f"r{n}.json", n, "gpu", rows))
+    report = fd_count.main([*map(str, files), "--model", "student", "--teacher", "teacher", "--out", str(tmp_path / "out")])
+    assert report["teacher_fit"]["fd_inf"] == pytest.approx(5) and report["model_fit"]["k"] == pytest.approx(8000)
+    assert report["ratio_inf"] == pytest.approx(4)
+    ratios = [entry["ratio"] for entry in report["series"]]
+    assert ratios == sorted(ratios) and ratios[0] < 2 and all(entry["ratio_se"] > 0 for entry in report["series"])
+    assert "ratio of the FD_infs 4.00" in (tmp_path / "out" / "fd-by-prompt-count.md").read_text()
+
+
+def test_fd_by_prompt_count_refuses_mixed_devices_missing_rows_and_one_count(tmp_path) -> None:
+    rows = [_fd_row("teacher", 50, 10.0), _fd_row("student", 1, 20.0)]
+    a, b = _result(tmp_path / "a.json", 560, "gpu", rows), _result(tmp_path / "b.json", 1120, "cpu", rows)
+    with pytest.raises(SystemExit, match="different devices"):
+        fd_count.main([str(a), str(b), "--model", "student", "--teacher", "teacher"])
+    with pytest.raises(SystemExit, match="no row of other at 1 steps"):
+        fd_count.main([str(a), "--model", "other", "--teacher", "teacher"])
+    with pytest.raises(SystemExit, match="at least two different prompt counts"):
+        fd_count.main([str(a), str(a), "--model", "student", "--teacher", "teacher"])
