@@ -228,3 +228,32 @@ def test_patch_gan_trains_the_same_networks_with_losses_of_its_own(dmd2_args, te
             return {k: tuple(saved.get_slice(k).get_shape()) for k in saved.keys()}
 
     assert shapes_of("patch") == shapes_of("image")
+
+
+def test_dmd2_projection_loss_trains_logs_and_refuses_a_bad_weight(dmd2_args, text_encoder, tmp_path):
+    """projection_weight adds the pull towards each sample's corrected scene: its first DMD loss is plain DMD's (the
+    projection draws no random numbers), its loss and the share of samples with a target are logged, and the
+    weights it trains differ from plain DMD's."""
+    plain = dmd2_args("plain", "--max_steps=3")
+    projected = dmd2_args(
+        "projected", "--max_steps=3", "--method_config.projection_weight=4.0", "--method_config.reward_workers=2"
+    )
+    train(load_config("configs/tiny-cpu.yaml", plain), text_encoder=text_encoder)
+    train(load_config("configs/tiny-cpu.yaml", projected), text_encoder=text_encoder)
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "projected")
+    assert "loss/projection" in b[1] and "loss/projection" not in a[1]
+    assert b[1]["loss/dmd"] == pytest.approx(a[1]["loss/dmd"])
+    assert all(
+        math.isfinite(step["loss/projection"]) and step["loss/projection"] >= 0
+        for step in b.values()
+        if "loss/projection" in step
+    )
+    assert any(step.get("loss/projection", 0) > 0 for step in b.values())  # some samples had a target
+    record = json.loads((tmp_path / "projected" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= record["projection_valid"] <= 1.0
+    assert b[3]["loss/dmd"] != pytest.approx(a[3]["loss/dmd"])
+    with pytest.raises(ConfigError, match="projection_weight must be a finite number >= 0"):
+        train(
+            load_config("configs/tiny-cpu.yaml", dmd2_args("bad", "--method_config.projection_weight=-1")),
+            text_encoder=text_encoder,
+        )

@@ -568,6 +568,58 @@ def render_detections(detections: list[list[Detection]]) -> tuple[np.ndarray, in
     return to_uint8(render(scenes)), shapeless
 
 
+def corrected_scene(found: list[Detection], condition: Condition) -> Scene | None:
+    """The clean scene nearest to what the detector found that its caption asks for, or None when the object count is
+    off (no object can be matched to a slot).
+
+    Each detection is matched to one of the condition's slots (the matching that agrees on the most named shapes,
+    colours and sizes) and redrawn at its own place with the slot's named attributes, keeping its own colour and
+    size where the caption leaves them free. A shapeless blob becomes the asked shape; a wrong colour or size is
+    corrected. So the scene keeps the image's layout and free choices and fixes only what the caption names. A
+    relation the layout breaks stays broken: the places are the image's.
+
+    Why (session 26): one-step students fail mostly on shapes the detector cannot read, with the object count right;
+    a regression onto this scene's render is a pull towards a clean render of the student's own picture, which a
+    student cannot satisfy with patterns no shape makes (as it can a classifier's loss: trainer/judge_proxy.py)."""
+    slots = [spec for spec in condition.specs for _ in range(spec.count)]
+    if not slots or len(found) != len(slots):
+        return None
+
+    def agreement(order: tuple[Detection, ...]) -> int:
+        return sum(
+            (det.shape is not None and det.shape == spec.shape)
+            + (spec.color is None or det.color == spec.color)
+            + (spec.size is None or det.size == spec.size)
+            for det, spec in zip(order, slots)
+        )
+
+    best = max(itertools.permutations(found), key=agreement)  # the first of equals: the detector's order
+    objects = tuple(
+        Obj(spec.shape or det.shape or "circle", spec.color or det.color, spec.size or det.size, det.x, det.y)
+        for det, spec in zip(best, slots)
+    )
+    return Scene(objects, condition)
+
+
+PROJECTION = np.dtype([("target", np.uint8, (RESOLUTION, RESOLUTION, 3)), ("valid", np.bool_)])
+
+
+def projected_targets(images: np.ndarray, conditions: Sequence[Condition]) -> np.ndarray:
+    """(B,) `PROJECTION` records for (B, H, W, 3) uint8 images: the render of each image's `corrected_scene` at the
+    world's resolution, and whether it has one (`valid`; where not, the target is the background). Module-level, so
+    trainer/judge_pool.py's workers can run it (DMD2's `projection_weight`)."""
+    if len(images) != len(conditions):
+        raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
+    out = np.zeros(len(images), dtype=PROJECTION)
+    out["target"] = np.array(BACKGROUND, dtype=np.uint8)
+    scenes = [corrected_scene(found, condition) for found, condition in zip(detect_all(images), conditions)]
+    valid = [i for i, scene in enumerate(scenes) if scene is not None]
+    if valid:
+        out["target"][valid] = to_uint8(render([scenes[i] for i in valid]))
+        out["valid"][valid] = True
+    return out
+
+
 def _check_detections(images, detections: list[list[Detection]] | None) -> None:
     if detections is not None and len(detections) != len(images):
         raise ValueError(f"{len(detections)} detection lists for {len(images)} images")
