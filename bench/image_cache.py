@@ -69,13 +69,17 @@ def cached_images(
     return torch.cat(parts), reused
 
 
-def cached_pixels(directory: Path) -> np.ndarray:
+def cached_pixels(directory: Path, prompts: int | None = None) -> np.ndarray:
     """Every image one model-and-step-count folder of a cache holds, in prompt order, as (N, H, W, 3) uint8 (the
-    cache keeps them in [-1, 1]): for probes that score an earlier run's images again without making them."""
+    cache keeps them in [-1, 1]): for probes that score an earlier run's images again without making them. With
+    `prompts`, the folder must hold exactly that many (the probe's --prompts: the bench's held-out scenes)."""
     chunks = sorted(Path(directory).glob("chunk-*.safetensors"))
     if not chunks:
         raise SystemExit(f"{directory} holds no bench cache chunks (chunk-*.safetensors)")
-    return np.concatenate([to_uint8((_read_chunk(path).float() + 1) / 2) for path in chunks])
+    pixels = np.concatenate([to_uint8((_read_chunk(path).float() + 1) / 2) for path in chunks])
+    if prompts is not None and len(pixels) != prompts:
+        raise SystemExit(f"{directory} holds {len(pixels)} images, not the {prompts} of --prompts")
+    return pixels
 
 
 def _read_chunk(path: Path, n: int | None = None) -> torch.Tensor:

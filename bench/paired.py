@@ -133,8 +133,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def compare(result: dict, base: str, steps: int, teacher_steps: int = 50) -> tuple[list[Comparison], list[str]]:
-    """Every row at `steps` against `base`'s (itself included, first), and the models that keep neither verdicts nor
-    jackknife FDs (rows measured before session 25)."""
+    """Every row at `steps` against `base`'s (itself included, first; the base's teacher left out), and the models
+    that keep neither verdicts nor jackknife FDs (rows measured before session 25)."""
     if result.get("suite") != "image":
         raise SystemExit(f"`bench paired` compares image result rows, not {result.get('suite')!r} ones")
     count = int(result["prompts"])
@@ -147,7 +147,9 @@ def compare(result: dict, base: str, steps: int, teacher_steps: int = 50) -> tup
         raise SystemExit(f"the row of {base} at {steps} steps keeps no per-image verdicts (measured before session 25)")
     teacher = next((r for r in result["rows"] if r["model"] == reference.get("teacher") and r["steps"] == teacher_steps), None)
     compared, skipped = [], []
-    for model, row in [(base, reference), *((m, r) for m, r in rows.items() if m != base)]:
+    # the base's teacher is what the FD ratios divide by; at a student's step counts it is no student to compare
+    others = ((m, r) for m, r in rows.items() if m not in (base, reference.get("teacher")))
+    for model, row in [(base, reference), *others]:
         if "verdicts" not in row and "fd_jackknife" not in row:
             skipped.append(model)
             continue

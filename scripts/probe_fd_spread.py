@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> list[FDSpread]:
     folders = [args.base, *args.caches, *([args.teacher] if args.teacher else [])]
     generated = {}
     for folder in folders:
-        pixels = cached_pixels(folder)
-        if len(pixels) != len(scenes):
-            raise SystemExit(f"{folder} holds {len(pixels)} images, not the {len(scenes)} of --prompts")
+        pixels = cached_pixels(folder, len(scenes))
         if pixels.shape[1:3] != (shapes.RESOLUTION, shapes.RESOLUTION):
             raise SystemExit(f"{folder} holds {pixels.shape[1]}-px images: this probe reads the world's 64-px rows")
         generated[folder.name] = fid_features(network, pixels)

@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     conditions = [scene.condition for scene in shapes.eval_scenes(args.prompts)]
     for directory in args.caches:
-        pixels = cached_pixels(directory)
-        if len(pixels) != len(conditions):
-            raise SystemExit(f"{directory} holds {len(pixels)} images, not the {len(conditions)} of --prompts")
+        pixels = cached_pixels(directory, len(conditions))
         print(report(directory.name, shapes.failure_shares(pixels, conditions)), flush=True)
         if args.by_size:
             print(size_report(shapeless_by_size(pixels)), flush=True)

@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, PairedDifference]]:
     categories = [condition.category for condition in conditions]
 
     def verdicts(directory: Path):
-        pixels = cached_pixels(directory)
-        if len(pixels) != len(conditions):
-            raise SystemExit(f"{directory} holds {len(pixels)} images, not the {len(conditions)} of --prompts")
+        pixels = cached_pixels(directory, len(conditions))
         return shapes.verdicts(pixels, conditions)
 
     base = verdicts(args.base)

@@ -97,9 +97,7 @@ def descend_report(args: argparse.Namespace) -> dict:
     """Pixel descent on the images of a bench cache the judge rejects: do they pass the judge afterwards?"""
     scenes = shapes.eval_scenes(args.prompts)
     conditions = [scene.condition for scene in scenes]
-    pixels = cached_pixels(args.cache)
-    if len(pixels) != len(conditions):
-        raise SystemExit(f"{args.cache} holds {len(pixels)} images, not the {len(conditions)} of --prompts")
+    pixels = cached_pixels(args.cache, len(conditions))
     rejected = np.flatnonzero(~shapes.verdicts(pixels, conditions).astype(bool))[: args.images]
     chosen = [conditions[i] for i in rejected]
     proxy = load_feature_network(args.proxy).requires_grad_(False)
@@ -159,9 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         conditions = [scene.condition for scene in shapes.eval_scenes(args.prompts)]
         proxy = load_feature_network(args.proxy)
         for directory in args.caches:
-            pixels = cached_pixels(directory)
-            if len(pixels) != len(conditions):
-                raise SystemExit(f"{directory} holds {len(pixels)} images, not the {len(conditions)} of --prompts")
+            pixels = cached_pixels(directory, len(conditions))
             print(
                 directory.name, json.dumps({k: round(v, 3) for k, v in agreement(pixels, conditions, proxy).items()}), flush=True
             )

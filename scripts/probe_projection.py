@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     conditions = [scene.condition for scene in shapes.eval_scenes(args.prompts)]
     for directory in args.caches:
-        pixels = cached_pixels(directory)
-        if len(pixels) != len(conditions):
-            raise SystemExit(f"{directory} holds {len(pixels)} images, not the {len(conditions)} of --prompts")
+        pixels = cached_pixels(directory, len(conditions))
         report = projection_report(pixels, conditions)
         print(directory.name, json.dumps({k: round(v, 4) for k, v in report.items()}), flush=True)
 

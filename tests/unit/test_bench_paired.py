@@ -121,9 +121,10 @@ def test_bench_paired_gives_fd_gaps_and_ratios_to_the_teacher_with_jackknife_err
         {"model": "t", "role": "teacher", "steps": 50, "fd": 20.0, "fd_jackknife": [19.0, 21.0, 20.0, 20.0]},
         {"model": "a", "steps": 1, "teacher": "t", "fd": 30.0, "fd_jackknife": [29.0, 31.0, 30.0, 30.0]},
         {"model": "b", "steps": 1, "teacher": "t", "fd": 33.0, "fd_jackknife": [32.0, 34.0, 33.5, 32.5]},
+        {"model": "t", "role": "teacher", "steps": 1, "fd": 900.0, "fd_jackknife": [900.0, 900.0, 900.0, 900.0]},
     ]
     compared = paired.main([str(_result(tmp_path, rows)), "--base", "a"])
-    base, b = compared
+    base, b = compared  # the teacher's own one-step row is the ratios' reference, not a student: left out
     assert base.fd_difference is None and base.fd_ratio == pytest.approx(1.5)
     assert base.fd_ratio_se == pytest.approx(jackknife_se(np.array([29, 31, 30, 30]) / np.array([19, 21, 20, 20])))
     assert b.fd_difference == pytest.approx(3.0) and b.fd_difference_se == pytest.approx(jackknife_se([3, 3, 3.5, 2.5]))

@@ -358,6 +358,9 @@ def test_judge_proxy_probe_refuses_a_cache_of_another_prompt_count(tmp_path) -> 
     save_file({"images": torch.zeros(4, 3, 64, 64)}, str(tmp_path / "chunk-0000.safetensors"))
     with pytest.raises(SystemExit, match="holds 4 images, not the 560"):
         proxy_probe.main(["agree", str(tmp_path)])
+    from bench.image_cache import cached_pixels
+
+    assert cached_pixels(tmp_path, 4).shape == (4, 64, 64, 3)  # the count every probe checks, in one place
     with pytest.raises(SystemExit):
         proxy_probe.main(["descend", str(tmp_path), "--sigma", "1.5"])
 
