@@ -132,7 +132,8 @@ VARIANTS=(
   # sample is pulled towards the render of its shapes.corrected_scene, the detector's reading redrawn with the
   # caption's named shapes, colours and sizes. On the CPU images of the shipped student 91 % of samples have a target
   # and a student drawing every target would read 0.839 (scripts/probe_projection.py); weight 4 makes the pull about
-  # the regression loss's (its targets are about as far: 0.03-0.04 mean absolute distance)
+  # the regression loss's (its targets are about as far: 0.03-0.04 mean absolute distance). Followed alone for 20-30
+  # CPU steps it did not raise the judge (-0.031 +- 0.026, probe_projection.py follow): expect little
   "shapes-dmd2-1step-gan-taps-reg-proj=shapes-dmd2 --init_from=checkpoints/shapes-dmd2-reg-1step-gan --max_steps=765 --method_config.student_steps=[1] --method_config.gan_generator_weight=0.03 --method_config.gan_critic_weight=0.05 --method_config.gan_sigma_max=0.5 --method_config.gan_taps=[mid_block,up_blocks.0,up_blocks.1] --method_config.regression_weight=2 --method_config.projection_weight=4 --method_config.reward_workers=6"
   # session 26, a first look in the lease's last minutes: the projection loss as a short fourth stage from the
   # shipped student (no pairs, so no pair-making minutes), for 1.6 minutes

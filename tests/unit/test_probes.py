@@ -407,3 +407,26 @@ def test_fd_by_prompt_count_refuses_mixed_devices_missing_rows_and_one_count(tmp
         fd_count.main([str(a), "--model", "other", "--teacher", "teacher"])
     with pytest.raises(SystemExit, match="at least two different prompt counts"):
         fd_count.main([str(a), str(a), "--model", "student", "--teacher", "teacher"])
+
+
+projection_probe = _load("probe_projection")
+
+
+def test_projection_follow_fine_tunes_and_judges_before_and_after(tiny_image_root) -> None:
+    """One projection step on the tiny student: the loss is logged with its share of samples with a target, and the
+    paired difference is the after-minus-before of the judge's category mean on the same noise."""
+    result = projection_probe.follow(tiny_image_root / "tiny-cpu", steps=2, batch_size=3, lr=1e-4, prompts=7)
+    assert [h["step"] for h in result["history"]] == [1, 2]
+    assert all(h["loss"] >= 0 and 0 <= h["with_target"] <= 1 for h in result["history"])
+    assert 0 <= result["judge_before"] <= 1 and 0 <= result["judge_after"] <= 1
+    assert result["paired_difference"] == pytest.approx(result["judge_after"] - result["judge_before"])
+    with pytest.raises(SystemExit):
+        projection_probe.main(["follow", "--steps", "0"])
+
+
+def test_projection_ceiling_on_renders_is_the_renders_own_judge() -> None:
+    scenes = shapes.eval_scenes(70)
+    pixels = shapes.to_uint8(shapes.render(scenes))
+    report = projection_probe.projection_report(pixels, [s.condition for s in scenes])
+    assert report["judge"] == 1.0 and report["with_target"] == 1.0 and report["judge_if_all_projected"] > 0.95
+    assert report["distance_accepted"] < 0.02 and np.isnan(report["rejected_fixed_by_target"])
