@@ -70,7 +70,9 @@ def one_step_verdicts(network, encoder: TextEncoder, scenes: list, noise: torch.
     return shapes.verdicts(pixels, [scene.condition for scene in scenes])
 
 
-def follow(student: Path, steps: int, batch_size: int, lr: float, prompts: int, seed: int = 0) -> dict:
+def follow(
+    student: Path, steps: int, batch_size: int, lr: float, prompts: int, seed: int = 0, rejected_only: bool = False
+) -> dict:
     card = load_card(student)
     encoder = TextEncoder(card.text_encoder.get("path") or card.text_encoder.get("package"), device="cpu")
     network = load_network(student)
@@ -86,7 +88,7 @@ def follow(student: Path, steps: int, batch_size: int, lr: float, prompts: int, 
         batch = world_batch_cpu(step, 0, 0, seed=seed + 7, batch_size=batch_size)
         x = torch.randn((batch_size, 3, side, side), generator=rng)
         x0 = distill.predict_x0(network, x, torch.ones(batch_size), encoder.encode(batch["captions"]))
-        loss, valid = projection_loss(x0, batch["conditions"])
+        loss, valid = projection_loss(x0, batch["conditions"], rejected_only=rejected_only)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -101,6 +103,7 @@ def follow(student: Path, steps: int, batch_size: int, lr: float, prompts: int, 
         "batch_size": batch_size,
         "lr": lr,
         "prompts": prompts,
+        "rejected_only": rejected_only,
         "judge_before": shapes.category_scores(before, categories)["overall"],
         "judge_after": shapes.category_scores(after, categories)["overall"],
         "paired_difference": difference.difference,
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     fine.add_argument("--batch-size", type=int, default=16)
     fine.add_argument("--lr", type=float, default=1e-5)
     fine.add_argument("--prompts", type=int, default=224, help="held-out prompts judged before and after")
+    fine.add_argument("--rejected-only", action="store_true", help="pull only the samples the judge rejects")
     fine.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args(argv)
     if args.command == "ceiling":
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     if min(args.steps, args.batch_size, args.prompts) < 1 or not args.lr > 0:
         parser.error("--steps, --batch-size and --prompts must be at least 1 and --lr above 0")
-    result = follow(args.student, args.steps, args.batch_size, args.lr, args.prompts)
+    result = follow(args.student, args.steps, args.batch_size, args.lr, args.prompts, rejected_only=args.rejected_only)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -63,3 +63,30 @@ def test_a_wrong_count_has_no_target_and_bad_input_is_refused() -> None:
     assert shapes.corrected_scene([], shapes.Condition("single_object", ())) is None
     with pytest.raises(ValueError, match="2 images but 1 conditions"):
         shapes.projected_targets(np.zeros((2, 64, 64, 3), np.uint8), [condition])
+
+
+def test_rejected_only_leaves_accepted_images_without_a_target() -> None:
+    """Renders under their own captions are all accepted: no targets. Under captions asking for other shapes of the
+    same count, the judge rejects them and they keep their targets, now the asked shapes in the renders' places."""
+    scenes = [shapes.sample_scene(random.Random(i), "single_object") for i in range(6)]
+    pixels = shapes.to_uint8(shapes.render(scenes))
+    own = [s.condition for s in scenes]
+    assert not shapes.projected_targets(pixels, own, rejected_only=True)["valid"].any()
+    assert shapes.projected_targets(pixels, own)["valid"].all()
+    other = [
+        shapes.Condition("single_object", (shapes.ObjSpec(SHAPES[(SHAPES.index(s.objects[0].shape) + 1) % len(SHAPES)]),))
+        for s in scenes
+    ]
+    projected = shapes.projected_targets(pixels, other, rejected_only=True)
+    assert projected["valid"].all() and shapes.verdicts(projected["target"], other).all()
+
+
+def test_rejected_only_needs_the_projection_on() -> None:
+    from trainer.config import ConfigError
+    from trainer.methods.dmd2 import DMD2Config
+
+    with pytest.raises(ConfigError, match="projection_rejected_only needs the projection on"):
+        DMD2Config(projection_rejected_only=True)
+    with pytest.raises(ConfigError, match="projection_weight must be a finite number >= 0"):
+        DMD2Config(projection_weight=float("nan"))
+    assert DMD2Config(projection_weight=4, projection_rejected_only=True).projection_rejected_only

@@ -28,8 +28,8 @@ and G is pulled towards that render by 0.5 mean squared distance. It is the judg
 target that only a clean drawing of the asked scene meets: a loss on a classifier of the judge's labels is met by
 noise patterns instead (scripts/probe_judge_proxy.py). On the shipped student's 560 CPU images, 91 % of samples have
 a target and 63 % of the rejected ones among them would pass as their target (scripts/probe_projection.py ceiling);
-followed alone for 20-30 CPU steps it did not raise the judge (-0.031 ± 0.026, `follow`): most of the pull sharpens
-objects already read right.
+followed alone for 20-30 CPU steps it did not raise the judge (-0.031 ± 0.026, `follow`; rejected images only,
+`projection_rejected_only`: -0.045 ± 0.024), so it awaits its GPU stage with DMD, the GAN and the EMA.
 
 DMD's regression loss (Yin et al. 2023, sec. 3.3), optional: with `regression_weight` > 0, a fixed
 set of `regression_pairs` (noise z, teacher ODE sample y) pairs is made once (`trainer/ode_pairs.py`)
@@ -87,6 +87,9 @@ class DMD2Config(distill.CriticDistillConfig):
     # caption's named shapes, colours and sizes), at this weight; samples whose object count is off have no target.
     # Detection runs on `reward_workers` CPU processes. 0 = off
     projection_weight: float = 0.0
+    # only the samples the judge rejects are pulled (the CPU probe: pulling every sample spends the loss on sharpening
+    # objects already read right, and did not raise the judge)
+    projection_rejected_only: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,6 +105,8 @@ class DMD2Config(distill.CriticDistillConfig):
             raise ConfigError(f"method_config.regression_pool must be an integer >= 1 (1: pixels), got {self.regression_pool!r}")
         if not math.isfinite(self.projection_weight) or self.projection_weight < 0:
             raise ConfigError(f"method_config.projection_weight must be a finite number >= 0, got {self.projection_weight}")
+        if self.projection_rejected_only and self.projection_weight == 0:
+            raise ConfigError("method_config.projection_rejected_only needs the projection on: set projection_weight > 0")
         if self.regression_pairs < 1 or self.regression_pair_steps < 1:
             raise ConfigError(
                 f"method_config needs regression_pairs >= 1 and regression_pair_steps >= 1, got "
@@ -118,12 +123,15 @@ def regression_loss(one_step: torch.Tensor, teacher_images: torch.Tensor, pool: 
     return 0.5 * ((a - b) ** 2).mean()
 
 
-def projection_loss(x0: torch.Tensor, conditions: list, judge: JudgePool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def projection_loss(
+    x0: torch.Tensor, conditions: list, judge: JudgePool | None = None, rejected_only: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, share of samples with a target): 0.5 mean squared distance of each sample (B, 3, H, W) in [-1, 1] to
     the render of its corrected scene (`shapes.projected_targets`, run by `judge`'s workers, or in this process),
-    averaged over the whole batch with 0 for samples without one, so the weight means the same whatever the share."""
+    averaged over the whole batch with 0 for samples without one, so the weight means the same whatever the share.
+    `rejected_only`: samples the judge accepts have no target."""
     images = shapes.to_uint8((x0.detach().float().clamp(-1, 1) + 1) / 2)
-    projected = (judge or JudgePool(0))(shapes.projected_targets, images, conditions)
+    projected = (judge or JudgePool(0))(shapes.projected_targets, images, conditions, rejected_only)
     valid = torch.as_tensor(projected["valid"], device=x0.device)
     targets = torch.as_tensor(projected["target"], device=x0.device).permute(0, 3, 1, 2).float() / 127.5 - 1
     if targets.shape[-1] != x0.shape[-1]:  # the world renders at 64 px; a student of another size is pulled at its own
@@ -313,7 +321,7 @@ class DMD2(DistillationMethod):
                 loss = loss + self.args.gan_generator_weight * gan
                 metrics["loss/gan_generator"] = gan.detach()
             if self.args.projection_weight > 0:
-                projection, valid = projection_loss(x0, batch["conditions"], self.judge)
+                projection, valid = projection_loss(x0, batch["conditions"], self.judge, self.args.projection_rejected_only)
                 loss = loss + self.args.projection_weight * projection
                 metrics["loss/projection"], metrics["projection_valid"] = projection.detach(), valid
             if self.pairs is not None:

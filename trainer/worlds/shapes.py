@@ -604,15 +604,20 @@ def corrected_scene(found: list[Detection], condition: Condition) -> Scene | Non
 PROJECTION = np.dtype([("target", np.uint8, (RESOLUTION, RESOLUTION, 3)), ("valid", np.bool_)])
 
 
-def projected_targets(images: np.ndarray, conditions: Sequence[Condition]) -> np.ndarray:
+def projected_targets(images: np.ndarray, conditions: Sequence[Condition], rejected_only: bool = False) -> np.ndarray:
     """(B,) `PROJECTION` records for (B, H, W, 3) uint8 images: the render of each image's `corrected_scene` at the
-    world's resolution, and whether it has one (`valid`; where not, the target is the background). Module-level, so
-    trainer/judge_pool.py's workers can run it (DMD2's `projection_weight`)."""
+    world's resolution, and whether it has one (`valid`; where not, the target is the background). With
+    `rejected_only`, images the judge accepts have none either: the pull is spent on the failures rather than on
+    sharpening what already reads right. Module-level, so trainer/judge_pool.py's workers can run it (DMD2's
+    `projection_weight`)."""
     if len(images) != len(conditions):
         raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
     out = np.zeros(len(images), dtype=PROJECTION)
     out["target"] = np.array(BACKGROUND, dtype=np.uint8)
-    scenes = [corrected_scene(found, condition) for found, condition in zip(detect_all(images), conditions)]
+    scenes = [
+        None if rejected_only and matches(found, condition) else corrected_scene(found, condition)
+        for found, condition in zip(detect_all(images), conditions)
+    ]
     valid = [i for i, scene in enumerate(scenes) if scene is not None]
     if valid:
         out["target"][valid] = to_uint8(render([scenes[i] for i in valid]))
