@@ -207,3 +207,21 @@ def markdown_table(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Summary", ""] + [f"- **{k}**: {v}" for k, v in result["summary"].items()]
     return "\n".join(lines) + "\n"
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (benches run headless), imported only when a bench plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plain_log_ticks(axis) -> None:
+    """Label a log-scaled matplotlib axis (`ax.xaxis`) 2, 3, 5, 10, 20, 30, 50, 100 rather than 2x10^1."""
+    import matplotlib.ticker
+
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "235" else ""))

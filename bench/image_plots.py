@@ -10,22 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _plain_ticks(ax) -> None:
-    """A log axis labelled 20, 30, 50, 100 rather than 2x10^1."""
-    import matplotlib.ticker
-
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}" if str(f"{x:g}")[0] in "235" else ""))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from bench.common import plain_log_ticks, pyplot
 
 
 def error_bars(row: dict, categories: list[str]) -> tuple[float | None, float | None]:
@@ -63,7 +48,7 @@ def plot_judge_vs_fd(result: dict, path: Path) -> Path | None:
     def shown(r: dict) -> bool:
         return r["fd"] <= ZOOM_FD_MAX and r["quality"]["overall"] >= ZOOM_JUDGE_MIN
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=120)
     summary = result.get("summary", {})
     floor, limit = summary.get("one_step_judge_floor"), summary.get("one_step_fd_limit")
@@ -99,7 +84,7 @@ def plot_judge_vs_fd(result: dict, path: Path) -> Path | None:
             ax.plot([], [], " ", label=label + " (off the chart)")
     drawn = [r["fd"] for r in (*students, *near) if shown(r)] or [ZOOM_FD_MAX / 2]
     ax.set_xscale("log")
-    _plain_ticks(ax)
+    plain_log_ticks(ax.xaxis)
     ax.set_xlim(min(drawn) * 0.85, ZOOM_FD_MAX)
     ax.set_ylim(ZOOM_JUDGE_MIN, 1.0)
     ax.set_xlabel("FD against the world's renders (log; lower is better)")
@@ -120,7 +105,7 @@ def plot_judge_vs_nfe(result: dict, path: Path) -> Path | None:
         by_model.setdefault(r["model"], []).append(r)
     if not by_model:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
     colours = plt.get_cmap("tab20").colors  # more models than the default cycle's 10 colours
     for i, (model, mine) in enumerate(by_model.items()):
@@ -132,7 +117,7 @@ def plot_judge_vs_nfe(result: dict, path: Path) -> Path | None:
     if floor is not None:
         ax.axhline(floor, color="tab:green", lw=0.8, ls=":", label="one-step judge target")
     ax.set_xscale("log")
-    _plain_ticks(ax)
+    plain_log_ticks(ax.xaxis)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("network evaluations per image")
     ax.set_ylabel("judge overall (held-out prompts)")

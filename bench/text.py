@@ -19,7 +19,16 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import add_model_args, bench_registry, model_names, percentiles, time_calls, write_result
+from bench.common import (
+    add_model_args,
+    bench_registry,
+    model_names,
+    percentiles,
+    plain_log_ticks,
+    pyplot,
+    time_calls,
+    write_result,
+)
 from engines.devices import device_name, device_slug, synchronize
 from engines.registry import Registry
 from engines.text_decoding import DecodeConfig
@@ -217,12 +226,7 @@ def summarise(rows: list[dict], match: float) -> dict:
 
 def plot(rows: list[dict], out: Path, slug: str) -> list[Path]:
     """Accuracy vs NFE and accuracy vs batch-1 latency, one line per (model, decoder family)."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for x_key, x_label, name in (
@@ -240,8 +244,7 @@ def plot(rows: list[dict], out: Path, slug: str) -> list[Path]:
             style = "-o" if group[0]["role"] == "student" else "--s"
             ax.plot([r[x_key] for r in group], [r["quality"]["overall"] for r in group], style, label=label, markersize=4)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # plain numbers, not 3x10^0
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        plain_log_ticks(ax.xaxis)
         ax.set_xlabel(x_label)
         ax.set_ylabel("accuracy (held-out problems)")
         ax.grid(alpha=0.3)

@@ -139,6 +139,9 @@ def test_image_summary_says_whether_the_best_one_step_student_meets_the_target()
     assert summarise([*teacher, _image_row("a", "student", 1, 0.869, 29.9)])["one_step_target_met"] is False  # judge
     assert summarise([*teacher, _image_row("a", "student", 1, 0.90, 30.1)])["one_step_target_met"] is False  # FD
     assert "one_step_target_met" not in summarise([teacher[0], _image_row("a", "student", 1, 0.9, 1.0)])  # no 50 steps
+    # the verdict names the prompt count its FDs came from (FD's bias moves with it)
+    counted = [{**row, "prompts": 560} for row in (*teacher, _image_row("a", "student", 1, 0.871, 29.9))]
+    assert summarise(counted)["one_step_target_prompts"] == 560 and "one_step_target_prompts" not in weak
 
 
 def test_image_summary_names_the_best_one_step_student_within_the_fd_limit() -> None:
