@@ -430,3 +430,73 @@ def test_projection_ceiling_on_renders_is_the_renders_own_judge() -> None:
     report = projection_probe.projection_report(pixels, [s.condition for s in scenes])
     assert report["judge"] == 1.0 and report["with_target"] == 1.0 and report["judge_if_all_projected"] > 0.95
     assert report["distance_accepted"] < 0.02 and np.isnan(report["rejected_fixed_by_target"])
+
+
+pair_fit = _load("probe_pair_fit")
+
+
+def test_pair_fit_probe_draws_the_training_pairs_own_captions_noise_and_endpoints(tiny_image_root) -> None:
+    """'Seen' must be exactly what DMD2's regression trained on: the pair set's captions, seeds and teacher images."""
+    from engines.text_encoder import TextEncoder
+    from trainer import distill
+    from trainer.networks import load_network
+    from trainer.ode_pairs import PairRecipe, make_pair_set
+
+    root = tiny_image_root / "tiny-cpu"
+    teacher = distill.load_teacher(str(root), torch.device("cpu"), "probe")
+    encoder = TextEncoder(device="cpu")
+    recipe = PairRecipe.for_teacher(teacher, encoder, steps=2, guidance=teacher.card.default_guidance, count=3, seed=0)
+    pairs = make_pair_set(recipe, teacher.network, encoder, torch.device("cpu"))
+    scenes = pair_fit.pair_scenes(3)
+    assert torch.equal(encoder.tokenize([s.caption for s in scenes])["input_ids"], pairs.tokens["input_ids"])
+    assert pair_fit.pair_seeds(3) == pairs.seeds.tolist() == [0, 1, 2]
+    assert pair_fit.pair_seeds(2, offset=100) == [100, 101]
+
+    student = load_network(root).eval()
+    seen = pair_fit.fit(teacher, student, encoder, scenes, pair_fit.pair_seeds(3), "seen", steps=2)
+    fresh = pair_fit.fit(teacher, student, encoder, scenes, pair_fit.pair_seeds(3, offset=50), "fresh", steps=2)
+    for f in (seen, fresh):
+        assert 0 <= f.both_pass <= min(f.teacher_pass, f.student_pass) <= 1 and f.distance > 0
+        assert f.student_verdicts.shape == (3,)
+    # the student's one-step images are compared with the pair set's own endpoints: fresh noise gives other ones
+    with torch.no_grad():
+        batch = pairs.batch(torch.arange(3), torch.device("cpu"))
+        one_step = distill.predict_x0(student, batch["noise"], torch.ones(3), encoder.encode_tokens(batch["tokens"]))
+    expected = 0.5 * (one_step.clamp(-1, 1) - batch["samples"].float()).pow(2).mean().item()
+    assert seen.distance == pytest.approx(expected, rel=2e-2)  # the set keeps float16 endpoints
+    assert fresh.distance != pytest.approx(seen.distance, rel=1e-3)
+
+
+def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_root, tmp_path, capsys) -> None:
+    import json
+
+    root = str(tiny_image_root / "tiny-cpu")
+    out = tmp_path / "fit.json"
+    argv = [root, "--teacher", root, "--captions", "3", "--steps", "3", "--pair-count", "6", "--fresh-offset", "6"]
+    result = pair_fit.main([*argv, "--regress-steps", "20", "--regress-batch", "6", "--regress-lr", "1e-3", "--out", str(out)])
+    assert [f.noise for f in result["before"]] == [f.noise for f in result["after"]] == ["seen", "fresh"]
+    assert "seen minus fresh noise (paired by caption)" in capsys.readouterr().out
+    history = result["regress"]["history"]
+    assert [h["step"] for h in history] == list(range(2, 21, 2)) and history[-1]["loss"] < history[0]["loss"]
+    seen_before, seen_after = result["before"][0], result["after"][0]
+    # the tiny 4-step network draws far outside [-1, 1]: the loss (unclamped, as DMD2's) falls while the distance on
+    # the clamped images it shows may not, so the test asks only that the network the fit scores is the trained one
+    assert seen_after.distance != pytest.approx(seen_before.distance, rel=1e-3)
+    assert seen_after.teacher_pass == seen_before.teacher_pass  # the same teacher endpoints before and after
+    written = json.loads(out.read_text())
+    assert written["regress"]["pairs"] == 6 and written["after"][0]["distance"] == pytest.approx(seen_after.distance)
+    assert "student_verdicts" not in written["before"][0]
+    for bad in (
+        [root, "--teacher", root, "--captions", "1"],
+        [root, "--teacher", root, "--fresh-offset", "4095"],
+        [*argv[:4], "9", *argv[5:], "--regress-steps", "1"],  # more captions than the pairs it makes
+        [*argv, "--regress-steps", "-1"],
+        [*argv, "--judge-workers", "-1"],
+        [str(tiny_image_root), "--teacher", root],
+    ):
+        with pytest.raises(SystemExit):
+            pair_fit.main(bad)
+    with pytest.raises(ValueError, match="run seed other than 0"):
+        pair_fit.pair_seeds(3, run_seed=1)
+    with pytest.raises(ValueError, match="2 scenes but 1 seeds"):
+        pair_fit.fit(None, None, None, pair_fit.pair_scenes(2), [0], "seen")

@@ -1,0 +1,299 @@
+"""Does a one-step student fit the teacher pairs it was trained on better than fresh noise?
+
+DMD2's regression loss trained the shipped student on 4096 (noise, teacher ODE endpoint) pairs, drawn from the
+run's seed (`trainer.ode_pairs`: pair i is training caption i of the pair stream, from the engines' noise of seed
+i). This probe takes the first N of those captions and draws them twice: from the training pairs' own noise
+(seen in training) and from fresh noise (seeds offset by `--fresh-offset`, never seen). For each it makes the
+teacher's ODE endpoint (the pair recipe: 25 Euler steps with the card's CFG) and the student's one-step image,
+then prints the judge's pass rate of both and the student's regression distance to the teacher (0.5 mean
+squared, DMD2's `regression_loss`).
+
+- Seen >> fresh, on distance or judge: the student memorised its pairs; more pairs are the lever.
+- Seen ~ fresh, both far from the teacher: the student does not fit even the mappings it was shown.
+
+`--regress-steps K` then runs the capacity test: it makes the whole pair set (`--pair-count`, DMD2's recipe), fine-tunes
+the student on DMD's regression loss alone for K Adam steps, and scores both noises again. If the seen distance
+falls well below the fresh one, the network can draw the one-step maps it is shown and the shortfall is how they
+generalise; if both stay where they were, one evaluation of this network cannot draw the teacher's map (capacity or
+optimisation), whatever the data.
+
+On CPU, about a minute per 32 captions (two teacher ODEs of 50 evaluations each):
+
+    PYTHONPATH=. python scripts/probe_pair_fit.py checkpoints/shapes-dmd2 --captions 256
+    PYTHONPATH=. python scripts/probe_pair_fit.py checkpoints/shapes-dmd2 --captions 2048 --device cuda --chunk 512 \\
+        --regress-steps 3000 --out $OUT/pair-fit.json      # GPU minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.image import initial_noise
+from engines.text_encoder import TextEncoder
+from trainer import distill
+from trainer.judge_pool import JudgePool
+from trainer.methods.dmd2 import DMD2Config, regression_loss
+from trainer.networks import load_network
+from trainer.ode_pairs import PAIR_STREAM, PairRecipe, PairSet, make_pair_set, teacher_pairs
+from trainer.worlds import shapes
+
+
+@dataclass(frozen=True)
+class Fit:
+    noise: str  # "seen" (the training pairs' noise) or "fresh"
+    teacher_pass: float
+    student_pass: float
+    both_pass: float  # share where teacher and student are both accepted
+    distance: float  # the student's 0.5 mean squared distance to the teacher's endpoints
+    categories: dict[str, tuple[float, float]]  # category -> (teacher pass, student pass)
+    student_verdicts: np.ndarray  # (N,) bool, per caption: paired across noises by caption
+    teacher_verdicts: np.ndarray
+
+    def __str__(self) -> str:
+        cats = ", ".join(f"{c} {t:.2f}/{s:.2f}" for c, (t, s) in self.categories.items())
+        return (
+            f"{self.noise:5s} noise: teacher {self.teacher_pass:.3f}, student {self.student_pass:.3f} "
+            f"(both {self.both_pass:.3f}), distance {self.distance:.4f}; teacher/student by category: {cats}"
+        )
+
+
+def pair_scenes(count: int, seed: int = 0) -> list[shapes.Scene]:
+    """The first `count` captions of a run's pair set, in `make_pair_set`'s order (its scenes, to judge)."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    rng = shapes.step_rng(seed, PAIR_STREAM, 0)
+    return [shapes.sample_scene(rng) for _ in range(count)]
+
+
+def pair_seeds(count: int, run_seed: int = 0, offset: int = 0) -> list[int]:
+    """Pair i's noise seed in a set of `set_size` pairs is run_seed * set_size + i; with run seed 0 it is i
+    whatever the set's size, so the first captions' noise is known without the set. Fresh seeds add `offset`."""
+    if run_seed != 0:
+        raise ValueError("pair seeds depend on the set's size for a run seed other than 0: probe run seed 0 runs")
+    return [offset + i for i in range(count)]
+
+
+@torch.no_grad()
+def teacher_endpoints(
+    teacher: distill.Teacher, encoder: TextEncoder, scenes: list, seeds: list[int], steps: int = 25, chunk: int = 32
+) -> torch.Tensor:
+    """(N, 3, H, W) float32 on the CPU: the pair recipe's teacher ODE endpoints (the card's CFG) for these captions
+    and seeds, clamped as the pair set keeps them."""
+    if len(scenes) != len(seeds):
+        raise ValueError(f"{len(scenes)} scenes but {len(seeds)} seeds")
+    device = next(teacher.network.parameters()).device
+    shape = (3, teacher.card.resolution, teacher.card.resolution)
+    out = []
+    for start in range(0, len(scenes), chunk):
+        part = scenes[start : start + chunk]
+        noise = initial_noise(seeds[start : start + chunk], shape, device)[0]
+        cond, null = encoder.encode([s.caption for s in part]), encoder.null(len(part))
+        x0 = teacher_pairs(teacher.network, teacher.scheduler_shift, noise, steps, cond, null, teacher.card.default_guidance)
+        out.append(x0.clamp(-1, 1).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def one_step_images(student: torch.nn.Module, encoder: TextEncoder, scenes: list, seeds: list[int], chunk: int = 32):
+    """(N, 3, H, W) float32 on the CPU: the student's one-step images from the engines' noise of these seeds."""
+    if len(scenes) != len(seeds):
+        raise ValueError(f"{len(scenes)} scenes but {len(seeds)} seeds")
+    device = next(student.parameters()).device
+    side = int(student.config.sample_size)
+    out = []
+    for start in range(0, len(scenes), chunk):
+        part = scenes[start : start + chunk]
+        noise = initial_noise(seeds[start : start + chunk], (3, side, side), device)[0]
+        x0 = distill.predict_x0(student, noise, torch.ones(len(part), device=device), encoder.encode([s.caption for s in part]))
+        out.append(x0.clamp(-1, 1).float().cpu())
+    return torch.cat(out)
+
+
+def verdicts(images: torch.Tensor, scenes: list, pool: JudgePool | None = None) -> np.ndarray:
+    """(N,) bool: the judge's verdicts on model-space images ([-1, 1]) for their scenes, over `pool`'s workers."""
+    pixels = shapes.to_uint8((images + 1) / 2)  # model space [-1, 1] -> the judge's [0, 1]
+    return (pool or JudgePool(0))(shapes.judge_rewards, pixels, [scene.condition for scene in scenes]) > 0.5
+
+
+def score(
+    label: str,
+    teacher_images: torch.Tensor,
+    student_images: torch.Tensor,
+    scenes: list,
+    pool: JudgePool | None = None,
+    teacher_verdicts: np.ndarray | None = None,
+) -> Fit:
+    """The judge on both image sets (the teacher's verdicts may be passed in, judged once) and the student's
+    regression distance to the teacher's images."""
+    if not len(teacher_images) == len(student_images) == len(scenes):
+        raise ValueError(f"{len(teacher_images)} teacher images, {len(student_images)} student images, {len(scenes)} scenes")
+    t_ok = verdicts(teacher_images, scenes, pool) if teacher_verdicts is None else teacher_verdicts
+    s_ok = verdicts(student_images, scenes, pool)
+    categories = [scene.condition.category for scene in scenes]
+    t_cat, s_cat = shapes.category_scores(t_ok, categories), shapes.category_scores(s_ok, categories)
+    return Fit(
+        label,
+        float(t_ok.mean()),
+        float(s_ok.mean()),
+        float((t_ok & s_ok).mean()),
+        regression_loss(student_images, teacher_images).item(),
+        {c: (t_cat[c], s_cat[c]) for c in t_cat if c != "overall"},
+        s_ok,
+        t_ok,
+    )
+
+
+def fit(
+    teacher: distill.Teacher,
+    student: torch.nn.Module,
+    encoder: TextEncoder,
+    scenes: list[shapes.Scene],
+    seeds: list[int],
+    label: str,
+    steps: int = 25,
+    chunk: int = 32,
+) -> Fit:
+    """Teacher endpoints and student one-step images for these captions and seeds, scored."""
+    if len(scenes) != len(seeds):
+        raise ValueError(f"{len(scenes)} scenes but {len(seeds)} seeds")
+    endpoints = teacher_endpoints(teacher, encoder, scenes, seeds, steps, chunk)
+    return score(label, endpoints, one_step_images(student, encoder, scenes, seeds, chunk), scenes)
+
+
+def regress(
+    student: torch.nn.Module, pairs: PairSet, encoder: TextEncoder, steps: int, batch_size: int, lr: float, seed: int = 0
+) -> list[dict]:
+    """The capacity test: Adam on DMD's regression loss alone over the whole pair set (no DMD, GAN or EMA), in
+    float32. A network that can draw the one-step map drives the distance on the pairs it sees towards 0; the
+    fresh-noise distance says how much of that generalises. Returns the loss every tenth of the steps."""
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"regress needs steps >= 1, batch_size >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
+    device = next(student.parameters()).device
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    rng = torch.Generator().manual_seed(seed)
+    history, running = [], []
+    student.train()
+    for step in range(1, steps + 1):
+        batch = pairs.batch(pairs.draw(batch_size, rng), device)
+        emb = encoder.encode_tokens(batch["tokens"])
+        x0 = distill.predict_x0(student, batch["noise"], torch.ones(batch_size, device=device), emb)
+        loss = regression_loss(x0, batch["samples"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running.append(loss.item())
+        if step % max(1, steps // 10) == 0 or step == steps:
+            history.append({"step": step, "loss": round(float(np.mean(running)), 6)})
+            running = []
+            print(f"regress step {step}: loss {history[-1]['loss']}", flush=True)
+    student.eval()
+    return history
+
+
+def paired_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean of a - b over paired 0/1 verdicts, with its standard error."""
+    d = a.astype(float) - b.astype(float)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("student", type=Path, help="a one-step student checkpoint (trained on run seed 0's pairs)")
+    parser.add_argument("--teacher", type=Path, default=Path("checkpoints/shapes-teacher"))
+    parser.add_argument("--captions", type=int, default=64, help="the first N captions of the pair set")
+    parser.add_argument("--pair-count", type=int, default=DMD2Config.regression_pairs, help="pairs in the run's set")
+    parser.add_argument("--fresh-offset", type=int, default=1_000_000, help="fresh noise seeds: offset + i")
+    parser.add_argument("--steps", type=int, default=25, help="the teacher ODE's steps (the pair recipe's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the teacher ODE at 2048 captions: GPU seconds)")
+    parser.add_argument("--chunk", type=int, default=32, help="captions per batch")
+    parser.add_argument(
+        "--regress-steps",
+        type=int,
+        default=0,
+        help="then the capacity test: this many Adam steps of "
+        "regression alone on the whole pair set (made here), and the fit again (0: off)",
+    )
+    parser.add_argument("--regress-batch", type=int, default=128)
+    parser.add_argument("--regress-lr", type=float, default=1e-4)
+    parser.add_argument("--judge-workers", type=int, default=0, help="judge on this many processes (0: in this one)")
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    if args.captions < 2:
+        raise SystemExit(f"--captions must be >= 2, got {args.captions}")
+    if args.regress_steps and args.captions > args.pair_count:
+        raise SystemExit(f"--captions {args.captions} is more than the {args.pair_count} pairs the capacity test makes")
+    if args.fresh_offset < args.pair_count:
+        raise SystemExit(f"--fresh-offset {args.fresh_offset} would reuse the training pairs' seeds (0 to {args.pair_count - 1})")
+    if args.judge_workers < 0:
+        raise SystemExit(f"--judge-workers must be >= 0, got {args.judge_workers}")
+    if args.regress_steps < 0 or args.regress_batch < 1 or args.regress_lr <= 0:
+        raise SystemExit("--regress-steps must be >= 0, --regress-batch >= 1 and --regress-lr > 0")
+    if not (args.student / "card.json").is_file():
+        raise SystemExit(f"{args.student} is not a checkpoint directory (no card.json)")
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    torch.set_float32_matmul_precision("high")  # TF32 on a GPU: the probe's float32 teacher ODE at the pair set's size
+    teacher = distill.load_teacher(str(args.teacher), device, "probe")
+    student = load_network(args.student).to(device).eval()
+    encoder = TextEncoder(device=args.device)
+    scenes = pair_scenes(args.captions)
+    seen_seeds, fresh_seeds = pair_seeds(args.captions), pair_seeds(args.captions, offset=args.fresh_offset)
+    pairs = None
+    if args.regress_steps:
+        guidance = teacher.card.default_guidance
+        recipe = PairRecipe.for_teacher(teacher, encoder, steps=args.steps, guidance=guidance, count=args.pair_count, seed=0)
+        pairs = make_pair_set(recipe, teacher.network, encoder, device, chunk=max(args.chunk, 256))
+        print(f"{len(pairs)} pairs in {pairs.seconds:.0f} s", flush=True)
+        seen_teacher = pairs.samples[: args.captions].float()
+    else:
+        seen_teacher = teacher_endpoints(teacher, encoder, scenes, seen_seeds, args.steps, args.chunk)
+    fresh_teacher = teacher_endpoints(teacher, encoder, scenes, fresh_seeds, args.steps, args.chunk)
+
+    pool = JudgePool(args.judge_workers)
+    teacher_ok = {"seen": verdicts(seen_teacher, scenes, pool), "fresh": verdicts(fresh_teacher, scenes, pool)}
+
+    def both(when: str) -> list[Fit]:
+        fits = [
+            score(label, images, one_step_images(student, encoder, scenes, seeds, args.chunk), scenes, pool, teacher_ok[label])
+            for label, images, seeds in (("seen", seen_teacher, seen_seeds), ("fresh", fresh_teacher, fresh_seeds))
+        ]
+        gap, se = paired_gap(fits[0].student_verdicts, fits[1].student_verdicts)
+        print(f"{args.student.name} {when}, on the first {args.captions} pair captions (run seed 0):")
+        for f in fits:
+            print(f"  {f}")
+        print(f"  student pass, seen minus fresh noise (paired by caption): {gap:+.3f} +- {se:.3f}", flush=True)
+        return fits
+
+    result = {"student": str(args.student), "captions": args.captions, "teacher_steps": args.steps, "before": both("as shipped")}
+    if pairs is not None:
+        history = regress(student, pairs, encoder, args.regress_steps, args.regress_batch, args.regress_lr)
+        result |= {
+            "regress": {
+                "steps": args.regress_steps,
+                "batch": args.regress_batch,
+                "lr": args.regress_lr,
+                "pairs": len(pairs),
+                "history": history,
+            },
+            "after": both(f"after {args.regress_steps} regression steps on {len(pairs)} pairs"),
+        }
+    if args.out is not None:
+
+        def plain(f: Fit) -> dict:
+            return {k: v for k, v in dataclasses.asdict(f).items() if not k.endswith("_verdicts")}
+
+        serial = {k: [plain(f) for f in v] if k in ("before", "after") else v for k, v in result.items()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(serial, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
