@@ -5,6 +5,11 @@ detection; ~90 ms before session 16 sped the template fit up) on this repository
 batch in the training process would stall the GPU for about a second every generator step. `JudgePool(workers)`
 splits the batch over spawned worker processes (spawn, not fork: the trainer holds a CUDA context); `workers=0`
 judges in-process, as the CPU tests and small runs do.
+
+Each worker runs torch on one thread. The workers are the parallelism; left at torch's default, twelve workers on a
+16-core machine would each spin 16 OpenMP threads over the detector's small tensor ops. (Session 27: a GPU probe
+judging with 12 workers, OMP_NUM_THREADS unset, stalled for over six minutes before its first report; the training
+runs, which set OMP_NUM_THREADS=2, never did. Oversubscription is the likely cause, not a proven one.)
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class JudgePool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_one_thread)
             weakref.finalize(self, self._executor.shutdown, cancel_futures=True)
         return self._executor
 
@@ -46,3 +51,17 @@ class JudgePool:
         if self._executor is not None:
             self._executor.shutdown(cancel_futures=True)
             self._executor = None
+
+
+def _one_thread() -> None:
+    """A worker's initializer: torch on one thread (the pool's processes are the parallelism)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def worker_threads(samples: np.ndarray, items: Sequence) -> np.ndarray:
+    """A judge that reports, per item, how many threads torch uses where it runs (checks the workers' setting)."""
+    import torch
+
+    return np.full(len(items), torch.get_num_threads())

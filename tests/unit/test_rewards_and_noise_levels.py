@@ -42,6 +42,18 @@ def test_image_rewards_in_workers_accept_renders_and_refuse_swapped_captions() -
     assert swapped.mean() < 0.5
 
 
+def test_judge_pool_workers_run_torch_on_one_thread() -> None:
+    """Workers spinning torch's default thread count each would oversubscribe the machine's cores many times over."""
+    from trainer.judge_pool import worker_threads
+
+    pool = JudgePool(2)
+    try:
+        threads = pool(worker_threads, np.zeros((4, 1)), [None] * 4)
+    finally:
+        pool.close()
+    assert threads.tolist() == [1, 1, 1, 1]
+
+
 def test_judge_pool_refuses_mismatched_batches_and_negative_workers() -> None:
     with pytest.raises(ValueError, match="3 samples but 2 conditions"):
         JudgePool(0)(motion.motion_rewards, np.zeros((3, 8, 64, 64, 3), np.uint8), [None, None])
