@@ -55,6 +55,7 @@ class Fit:
     categories: dict[str, tuple[float, float]]  # category -> (teacher pass, student pass)
     student_verdicts: np.ndarray  # (N,) bool, per caption: paired across noises by caption
     teacher_verdicts: np.ndarray
+    distances: np.ndarray  # (N,) each caption's distance (their mean is `distance`)
 
     def __str__(self) -> str:
         cats = ", ".join(f"{c} {t:.2f}/{s:.2f}" for c, (t, s) in self.categories.items())
@@ -147,6 +148,7 @@ def score(
         {c: (t_cat[c], s_cat[c]) for c in t_cat if c != "overall"},
         s_ok,
         t_ok,
+        0.5 * (student_images - teacher_images).pow(2).flatten(1).mean(1).numpy(),
     )
 
 
@@ -198,7 +200,7 @@ def regress(
 
 
 def paired_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean of a - b over paired 0/1 verdicts, with its standard error."""
+    """Mean of a - b over paired per-caption values (0/1 verdicts, distances), with its standard error."""
     d = a.astype(float) - b.astype(float)
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
 
@@ -268,7 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{args.student.name} {when}, on the first {args.captions} pair captions (run seed 0):")
         for f in fits:
             print(f"  {f}")
-        print(f"  student pass, seen minus fresh noise (paired by caption): {gap:+.3f} +- {se:.3f}", flush=True)
+        print(f"  student pass, seen minus fresh noise (paired by caption): {gap:+.3f} +- {se:.3f}")
+        gap, se = paired_gap(fits[0].distances, fits[1].distances)
+        print(f"  student distance, seen minus fresh noise (paired by caption): {gap:+.5f} +- {se:.5f}", flush=True)
         return fits
 
     result = {"student": str(args.student), "captions": args.captions, "teacher_steps": args.steps, "before": both("as shipped")}
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out is not None:
 
         def plain(f: Fit) -> dict:
-            return {k: v for k, v in dataclasses.asdict(f).items() if not k.endswith("_verdicts")}
+            return {k: v for k, v in dataclasses.asdict(f).items() if not k.endswith("_verdicts") and k != "distances"}
 
         serial = {k: [plain(f) for f in v] if k in ("before", "after") else v for k, v in result.items()}
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -457,7 +457,8 @@ def test_pair_fit_probe_draws_the_training_pairs_own_captions_noise_and_endpoint
     fresh = pair_fit.fit(teacher, student, encoder, scenes, pair_fit.pair_seeds(3, offset=50), "fresh", steps=2)
     for f in (seen, fresh):
         assert 0 <= f.both_pass <= min(f.teacher_pass, f.student_pass) <= 1 and f.distance > 0
-        assert f.student_verdicts.shape == (3,)
+        assert f.student_verdicts.shape == f.distances.shape == (3,)
+        assert f.distances.mean() == pytest.approx(f.distance, rel=1e-5)
     # the student's one-step images are compared with the pair set's own endpoints: fresh noise gives other ones
     with torch.no_grad():
         batch = pairs.batch(torch.arange(3), torch.device("cpu"))
@@ -485,7 +486,7 @@ def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_
     assert seen_after.teacher_pass == seen_before.teacher_pass  # the same teacher endpoints before and after
     written = json.loads(out.read_text())
     assert written["regress"]["pairs"] == 6 and written["after"][0]["distance"] == pytest.approx(seen_after.distance)
-    assert "student_verdicts" not in written["before"][0]
+    assert "student_verdicts" not in written["before"][0] and "distances" not in written["before"][0]
     for bad in (
         [root, "--teacher", root, "--captions", "1"],
         [root, "--teacher", root, "--fresh-offset", "4095"],
