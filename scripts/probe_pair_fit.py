@@ -17,9 +17,9 @@ falls well below the fresh one, the network can draw the one-step maps it is sho
 generalise; if both stay where they were, one evaluation of this network cannot draw the teacher's map (capacity or
 optimisation), whatever the data.
 
-On CPU, about a minute per 32 captions (two teacher ODEs of 50 evaluations each):
+On a 2-core CPU about 20 minutes per 64 captions (two teacher ODEs of 50 evaluations each per caption):
 
-    PYTHONPATH=. python scripts/probe_pair_fit.py checkpoints/shapes-dmd2 --captions 256
+    PYTHONPATH=. python scripts/probe_pair_fit.py checkpoints/shapes-dmd2 --captions 128
     PYTHONPATH=. python scripts/probe_pair_fit.py checkpoints/shapes-dmd2 --captions 2048 --device cuda --chunk 512 \\
         --regress-steps 3000 --out $OUT/pair-fit.json      # GPU minutes
 """
