@@ -51,11 +51,14 @@ class Fit:
     teacher_pass: float
     student_pass: float
     both_pass: float  # share where teacher and student are both accepted
-    distance: float  # the student's 0.5 mean squared distance to the teacher's endpoints
     categories: dict[str, tuple[float, float]]  # category -> (teacher pass, student pass)
     student_verdicts: np.ndarray  # (N,) bool, per caption: paired across noises by caption
-    teacher_verdicts: np.ndarray
-    distances: np.ndarray  # (N,) each caption's distance (their mean is `distance`)
+    distances: np.ndarray  # (N,) each caption's 0.5 mean squared distance of the student to the teacher
+
+    @property
+    def distance(self) -> float:
+        """The student's regression distance to the teacher's endpoints (DMD2's `regression_loss`, on clamped images)."""
+        return float(self.distances.mean())
 
     def __str__(self) -> str:
         cats = ", ".join(f"{c} {t:.2f}/{s:.2f}" for c, (t, s) in self.categories.items())
@@ -81,21 +84,26 @@ def pair_seeds(count: int, run_seed: int = 0, offset: int = 0) -> list[int]:
     return [offset + i for i in range(count)]
 
 
+def _chunks(scenes: list, seeds: list[int], chunk: int, side: int, device: torch.device):
+    """(captions, noise) for `chunk` scenes at a time: the engines' own starting noise of their seeds."""
+    if len(scenes) != len(seeds):
+        raise ValueError(f"{len(scenes)} scenes but {len(seeds)} seeds")  # at the call, not at the first chunk
+    return (
+        ([scene.caption for scene in scenes[i : i + chunk]], initial_noise(seeds[i : i + chunk], (3, side, side), device)[0])
+        for i in range(0, len(scenes), chunk)
+    )
+
+
 @torch.no_grad()
 def teacher_endpoints(
     teacher: distill.Teacher, encoder: TextEncoder, scenes: list, seeds: list[int], steps: int = 25, chunk: int = 32
 ) -> torch.Tensor:
     """(N, 3, H, W) float32 on the CPU: the pair recipe's teacher ODE endpoints (the card's CFG) for these captions
     and seeds, clamped as the pair set keeps them."""
-    if len(scenes) != len(seeds):
-        raise ValueError(f"{len(scenes)} scenes but {len(seeds)} seeds")
     device = next(teacher.network.parameters()).device
-    shape = (3, teacher.card.resolution, teacher.card.resolution)
     out = []
-    for start in range(0, len(scenes), chunk):
-        part = scenes[start : start + chunk]
-        noise = initial_noise(seeds[start : start + chunk], shape, device)[0]
-        cond, null = encoder.encode([s.caption for s in part]), encoder.null(len(part))
+    for captions, noise in _chunks(scenes, seeds, chunk, teacher.card.resolution, device):
+        cond, null = encoder.encode(captions), encoder.null(len(captions))
         x0 = teacher_pairs(teacher.network, teacher.scheduler_shift, noise, steps, cond, null, teacher.card.default_guidance)
         out.append(x0.clamp(-1, 1).float().cpu())
     return torch.cat(out)
@@ -104,15 +112,10 @@ def teacher_endpoints(
 @torch.no_grad()
 def one_step_images(student: torch.nn.Module, encoder: TextEncoder, scenes: list, seeds: list[int], chunk: int = 32):
     """(N, 3, H, W) float32 on the CPU: the student's one-step images from the engines' noise of these seeds."""
-    if len(scenes) != len(seeds):
-        raise ValueError(f"{len(scenes)} scenes but {len(seeds)} seeds")
     device = next(student.parameters()).device
-    side = int(student.config.sample_size)
     out = []
-    for start in range(0, len(scenes), chunk):
-        part = scenes[start : start + chunk]
-        noise = initial_noise(seeds[start : start + chunk], (3, side, side), device)[0]
-        x0 = distill.predict_x0(student, noise, torch.ones(len(part), device=device), encoder.encode([s.caption for s in part]))
+    for captions, noise in _chunks(scenes, seeds, chunk, int(student.config.sample_size), device):
+        x0 = distill.predict_x0(student, noise, torch.ones(len(captions), device=device), encoder.encode(captions))
         out.append(x0.clamp(-1, 1).float().cpu())
     return torch.cat(out)
 
@@ -144,29 +147,10 @@ def score(
         float(t_ok.mean()),
         float(s_ok.mean()),
         float((t_ok & s_ok).mean()),
-        regression_loss(student_images, teacher_images).item(),
         {c: (t_cat[c], s_cat[c]) for c in t_cat if c != "overall"},
         s_ok,
-        t_ok,
         0.5 * (student_images - teacher_images).pow(2).flatten(1).mean(1).numpy(),
     )
-
-
-def fit(
-    teacher: distill.Teacher,
-    student: torch.nn.Module,
-    encoder: TextEncoder,
-    scenes: list[shapes.Scene],
-    seeds: list[int],
-    label: str,
-    steps: int = 25,
-    chunk: int = 32,
-) -> Fit:
-    """Teacher endpoints and student one-step images for these captions and seeds, scored."""
-    if len(scenes) != len(seeds):
-        raise ValueError(f"{len(scenes)} scenes but {len(seeds)} seeds")
-    endpoints = teacher_endpoints(teacher, encoder, scenes, seeds, steps, chunk)
-    return score(label, endpoints, one_step_images(student, encoder, scenes, seeds, chunk), scenes)
 
 
 def regress(
@@ -291,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out is not None:
 
         def plain(f: Fit) -> dict:
-            return {k: v for k, v in dataclasses.asdict(f).items() if not k.endswith("_verdicts") and k != "distances"}
+            kept = {k: v for k, v in dataclasses.asdict(f).items() if k not in ("student_verdicts", "distances")}
+            return kept | {"distance": f.distance}
 
         serial = {k: [plain(f) for f in v] if k in ("before", "after") else v for k, v in result.items()}
         args.out.parent.mkdir(parents=True, exist_ok=True)

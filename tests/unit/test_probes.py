@@ -453,12 +453,19 @@ def test_pair_fit_probe_draws_the_training_pairs_own_captions_noise_and_endpoint
     assert pair_fit.pair_seeds(2, offset=100) == [100, 101]
 
     student = load_network(root).eval()
-    seen = pair_fit.fit(teacher, student, encoder, scenes, pair_fit.pair_seeds(3), "seen", steps=2)
-    fresh = pair_fit.fit(teacher, student, encoder, scenes, pair_fit.pair_seeds(3, offset=50), "fresh", steps=2)
+    from trainer.methods.dmd2 import regression_loss
+
+    fits = []
+    for label, seeds in (("seen", pair_fit.pair_seeds(3)), ("fresh", pair_fit.pair_seeds(3, offset=50))):
+        endpoints = pair_fit.teacher_endpoints(teacher, encoder, scenes, seeds, steps=2)
+        one_step = pair_fit.one_step_images(student, encoder, scenes, seeds)
+        fits.append(pair_fit.score(label, endpoints, one_step, scenes))
+        # the per-caption distances average to DMD2's regression loss on the same images
+        assert fits[-1].distance == pytest.approx(regression_loss(one_step, endpoints).item(), rel=1e-5)
+    seen, fresh = fits
     for f in (seen, fresh):
         assert 0 <= f.both_pass <= min(f.teacher_pass, f.student_pass) <= 1 and f.distance > 0
         assert f.student_verdicts.shape == f.distances.shape == (3,)
-        assert f.distances.mean() == pytest.approx(f.distance, rel=1e-5)
     # the student's one-step images are compared with the pair set's own endpoints: fresh noise gives other ones
     with torch.no_grad():
         batch = pairs.batch(torch.arange(3), torch.device("cpu"))
@@ -500,4 +507,4 @@ def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_
     with pytest.raises(ValueError, match="run seed other than 0"):
         pair_fit.pair_seeds(3, run_seed=1)
     with pytest.raises(ValueError, match="2 scenes but 1 seeds"):
-        pair_fit.fit(None, None, None, pair_fit.pair_scenes(2), [0], "seen")
+        pair_fit._chunks(pair_fit.pair_scenes(2), [0], 32, 8, torch.device("cpu"))
