@@ -29,15 +29,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
+from engines.card import load_card
 from engines.image import initial_noise
 from engines.text_encoder import TextEncoder
 from trainer import distill
+from trainer.image_task import export_checkpoint
 from trainer.judge_pool import JudgePool
 from trainer.methods.dmd2 import DMD2Config, regression_loss
 from trainer.networks import load_network
@@ -183,6 +187,37 @@ def regress(
     return history
 
 
+def save_fine_tune(student: torch.nn.Module, parent: Path, directory: Path, regress: dict, pairs: PairSet, device) -> Path:
+    """Export the regression fine-tune as a student checkpoint: the parent's card with this stage added to its
+    data, and its training cost (the pair set's making and the regression steps) added to the parent's."""
+    card = load_card(parent)
+    stage = {
+        "model": directory.name,
+        "probe": "scripts/probe_pair_fit.py --regress-steps (DMD2's regression loss alone, Adam, float32)",
+        "steps": regress["steps"],
+        "batch": regress["batch"],
+        "lr": regress["lr"],
+        "ode_pairs": pairs.card_entry(),
+        "train_gpu_seconds": round(pairs.seconds + regress["seconds"], 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "final_loss": regress["history"][-1]["loss"],
+    }
+    data = {**card.data, "init_from": card.id, "stages": [*card.data.get("stages", []), stage]}
+    card = dataclasses.replace(
+        card,
+        id=directory.name,
+        path=None,
+        data=data,
+        train_gpu_seconds=round((card.train_gpu_seconds or 0.0) + stage["train_gpu_seconds"], 1),
+        device=stage["device"],
+        metrics={},  # the parent's metrics are not this network's: `bench image` measures it
+        description=f"{card.id} fine-tuned on DMD2's regression loss alone for {regress['steps']} steps "
+        f"({len(pairs)} teacher ODE pairs): the pair-fit probe's capacity test, exported to be benched.",
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(parent / "scheduler")  # the parent's shift and sampling
+    return export_checkpoint(student, directory, card, scheduler=scheduler)
+
+
 def paired_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of a - b over paired per-caption values (0/1 verdicts, distances), with its standard error."""
     d = a.astype(float) - b.astype(float)
@@ -210,6 +245,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--regress-lr", type=float, default=1e-4)
     parser.add_argument("--judge-workers", type=int, default=0, help="judge on this many processes (0: in this one)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="with --regress-steps: export the fine-tuned student here as a checkpoint (its id: the folder's name), "
+        "so `bench image` can score it like any student",
+    )
     args = parser.parse_args(argv)
     if args.captions < 2:
         raise SystemExit(f"--captions must be >= 2, got {args.captions}")
@@ -223,6 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--regress-steps must be >= 0, --regress-batch >= 1 and --regress-lr > 0")
     if not (args.student / "card.json").is_file():
         raise SystemExit(f"{args.student} is not a checkpoint directory (no card.json)")
+    if args.save is not None and not args.regress_steps:
+        raise SystemExit("--save exports the regression fine-tune: it needs --regress-steps")
+    if args.save is not None and args.save.resolve() == args.student.resolve():
+        raise SystemExit(f"--save {args.save} would overwrite the student it starts from")
     torch.manual_seed(0)
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("high")  # TF32 on a GPU: the probe's float32 teacher ODE at the pair set's size
@@ -261,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {"student": str(args.student), "captions": args.captions, "teacher_steps": args.steps, "before": both("as shipped")}
     if pairs is not None:
+        started = time.perf_counter()
         history = regress(student, pairs, encoder, args.regress_steps, args.regress_batch, args.regress_lr)
         result |= {
             "regress": {
@@ -268,10 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "batch": args.regress_batch,
                 "lr": args.regress_lr,
                 "pairs": len(pairs),
+                "seconds": round(time.perf_counter() - started, 1),
                 "history": history,
             },
             "after": both(f"after {args.regress_steps} regression steps on {len(pairs)} pairs"),
         }
+        if args.save is not None:
+            save_fine_tune(student, args.student, args.save, result["regress"], pairs, device)
     if args.out is not None:
 
         def plain(f: Fit) -> dict:

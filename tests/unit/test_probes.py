@@ -477,11 +477,19 @@ def test_pair_fit_probe_draws_the_training_pairs_own_captions_noise_and_endpoint
 
 def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_root, tmp_path, capsys) -> None:
     import json
+    import shutil
 
     root = str(tiny_image_root / "tiny-cpu")
+    # the student: the tiny network with a sampler of its own (shift 2.5), which --save must keep
+    parent_dir = shutil.copytree(root, tmp_path / "tiny-parent")
+    scheduler_file = parent_dir / "scheduler" / "scheduler_config.json"
+    scheduler_file.write_text(json.dumps(json.loads(scheduler_file.read_text()) | {"shift": 2.5}))
     out = tmp_path / "fit.json"
-    argv = [root, "--teacher", root, "--captions", "3", "--steps", "3", "--pair-count", "6", "--fresh-offset", "6"]
-    result = pair_fit.main([*argv, "--regress-steps", "20", "--regress-batch", "6", "--regress-lr", "1e-3", "--out", str(out)])
+    argv = [str(parent_dir), "--teacher", root, "--captions", "3", "--steps", "3", "--pair-count", "6", "--fresh-offset", "6"]
+    saved = tmp_path / "tiny-regfit"
+    result = pair_fit.main(
+        [*argv, "--regress-steps", "20", "--regress-batch", "6", "--regress-lr", "1e-3", "--out", str(out), "--save", str(saved)]
+    )
     assert [f.noise for f in result["before"]] == [f.noise for f in result["after"]] == ["seen", "fresh"]
     assert "seen minus fresh noise (paired by caption)" in capsys.readouterr().out
     history = result["regress"]["history"]
@@ -494,6 +502,26 @@ def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_
     written = json.loads(out.read_text())
     assert written["regress"]["pairs"] == 6 and written["after"][0]["distance"] == pytest.approx(seen_after.distance)
     assert "student_verdicts" not in written["before"][0] and "distances" not in written["before"][0]
+    # --save exports the fine-tuned network as a student checkpoint: the parent's card with the stage added, and
+    # the weights the "after" fit scored (float16 on disk, so close, not equal)
+    from engines.card import load_card
+    from trainer.networks import load_network
+
+    card, parent = load_card(saved), load_card(parent_dir)
+    assert card.id == "tiny-regfit" and card.role == parent.role and card.data["init_from"] == parent.id
+    stage = card.data["stages"][-1]
+    assert stage["steps"] == 20 and stage["ode_pairs"]["count"] == 6 and stage["final_loss"] == history[-1]["loss"]
+    assert card.train_gpu_seconds == pytest.approx((parent.train_gpu_seconds or 0) + stage["train_gpu_seconds"], abs=0.2)
+    assert card.metrics == {} and (saved / "README.md").is_file()
+    assert json.loads((saved / "scheduler" / "scheduler_config.json").read_text())["shift"] == 2.5  # the parent's sampler
+    from engines.text_encoder import TextEncoder
+    from trainer import distill
+
+    scenes, seeds, encoder = pair_fit.pair_scenes(3), pair_fit.pair_seeds(3), TextEncoder(device="cpu")
+    teacher = distill.load_teacher(root, torch.device("cpu"), "probe")
+    endpoints = pair_fit.teacher_endpoints(teacher, encoder, scenes, seeds, steps=3)
+    reloaded = pair_fit.one_step_images(load_network(saved).float().eval(), encoder, scenes, seeds)
+    assert pair_fit.score("seen", endpoints, reloaded, scenes).distance == pytest.approx(seen_after.distance, rel=2e-2)
     for bad in (
         [root, "--teacher", root, "--captions", "1"],
         [root, "--teacher", root, "--fresh-offset", "4095"],
@@ -501,6 +529,8 @@ def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_
         [*argv, "--regress-steps", "-1"],
         [*argv, "--judge-workers", "-1"],
         [str(tiny_image_root), "--teacher", root],
+        [*argv, "--save", str(tmp_path / "x")],  # --save without the fine-tune it exports
+        [*argv, "--regress-steps", "1", "--save", str(parent_dir)],  # over the student it starts from
     ):
         with pytest.raises(SystemExit):
             pair_fit.main(bad)
