@@ -9,7 +9,8 @@ judges in-process, as the CPU tests and small runs do.
 Each worker runs torch on one thread. The workers are the parallelism; left at torch's default, twelve workers on a
 16-core machine would each spin 16 OpenMP threads over the detector's small tensor ops. (Session 27: a GPU probe
 judging with 12 workers, OMP_NUM_THREADS unset, stalled for over six minutes before its first report; the training
-runs, which set OMP_NUM_THREADS=2, never did. Oversubscription is the likely cause, not a proven one.)
+runs, which set OMP_NUM_THREADS=2, never did. Session 28 ran the same probe with 12 one-thread workers, the
+rest unchanged: it judged six sets of 512 images in a 206 s call. Oversubscription was the likely cause.)
 """
 
 from __future__ import annotations
