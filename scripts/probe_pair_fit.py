@@ -42,6 +42,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from engines.card import load_card
+from engines.errors import CheckpointError
 from engines.image import initial_noise
 from engines.text_encoder import TextEncoder
 from trainer import distill
@@ -271,8 +272,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{args.student} is not a checkpoint directory (no card.json)")
     if args.save is not None and not args.regress_steps:
         raise SystemExit("--save exports the regression fine-tune: it needs --regress-steps")
-    if args.save is not None and args.save.resolve() == args.student.resolve():
-        raise SystemExit(f"--save {args.save} would overwrite the student it starts from")
+    if args.save is not None:  # refused before the minutes of work whose result it would write
+        if args.save.is_file() or (args.save.is_dir() and any(args.save.iterdir())):
+            raise SystemExit(f"--save {args.save} exists and is not empty: name a new folder (nothing is overwritten)")
+        try:
+            dataclasses.replace(load_card(args.student), id=args.save.name, path=None)
+        except CheckpointError as err:
+            raise SystemExit(f"--save {args.save}: the folder's name is the checkpoint's id, and {err}") from err
     torch.manual_seed(0)
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("high")  # TF32 on a GPU: the probe's float32 teacher ODE at the pair set's size

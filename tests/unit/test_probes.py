@@ -529,11 +529,19 @@ def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_
         [*argv, "--regress-steps", "-1"],
         [*argv, "--judge-workers", "-1"],
         [str(tiny_image_root), "--teacher", root],
-        [*argv, "--save", str(tmp_path / "x")],  # --save without the fine-tune it exports
-        [*argv, "--regress-steps", "1", "--save", str(parent_dir)],  # over the student it starts from
     ):
         with pytest.raises(SystemExit):
             pair_fit.main(bad)
+    saved_card = (saved / "card.json").read_text()
+    for bad, message in (
+        ([*argv, "--save", str(tmp_path / "x")], "needs --regress-steps"),
+        ([*argv, "--regress-steps", "1", "--save", str(parent_dir)], "exists and is not empty"),  # the student itself
+        ([*argv, "--regress-steps", "1", "--save", str(saved)], "exists and is not empty"),  # any checkpoint there
+        ([*argv, "--regress-steps", "1", "--save", str(tmp_path / "no spaces")], "the folder's name is the checkpoint's id"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            pair_fit.main(bad)
+    assert (saved / "card.json").read_text() == saved_card and not (tmp_path / "no spaces").exists()
     with pytest.raises(ValueError, match="run seed other than 0"):
         pair_fit.pair_seeds(3, run_seed=1)
     with pytest.raises(ValueError, match="2 scenes but 1 seeds"):
