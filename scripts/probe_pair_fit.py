@@ -42,6 +42,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from engines.card import load_card
+from engines.devices import device_name
 from engines.errors import CheckpointError
 from engines.image import initial_noise
 from engines.text_encoder import TextEncoder
@@ -51,6 +52,7 @@ from trainer.judge_pool import JudgePool
 from trainer.methods.dmd2 import DMD2Config, regression_loss
 from trainer.networks import load_network
 from trainer.ode_pairs import PAIR_STREAM, PairRecipe, PairSet, make_pair_set, teacher_pairs
+from trainer.stages import with_earlier_stages
 from trainer.worlds import shapes
 
 
@@ -192,32 +194,33 @@ def regress(
     return history
 
 
-def save_fine_tune(student: torch.nn.Module, parent: Path, directory: Path, regress: dict, pairs: PairSet, device) -> Path:
-    """Export the regression fine-tune as a student checkpoint: the parent's card with this stage added to its
-    data, and its training cost (the pair set's making and the regression steps) added to the parent's."""
+def save_fine_tune(
+    student: torch.nn.Module, parent: Path, directory: Path, regress: dict, pairs: dict, gpu_seconds: float | None, device
+) -> Path:
+    """Export the regression fine-tune as a student checkpoint: the parent's card with this stage reported as the
+    trainer reports a further one (`trainer.stages.with_earlier_stages`: every stage listed, their costs summed;
+    `gpu_seconds` None off the GPU, as in the trainer), the parent's sampler, and no metrics (`bench image` measures
+    it). `pairs` is the pair set's card entry."""
     card = load_card(parent)
-    stage = {
-        "model": directory.name,
-        "probe": "scripts/probe_pair_fit.py --regress-steps (DMD2's regression loss alone, Adam, float32)",
-        "steps": regress["steps"],
-        "batch": regress["batch"],
-        "lr": regress["lr"],
-        "ode_pairs": pairs.card_entry(),
-        "train_gpu_seconds": round(pairs.seconds + regress["seconds"], 1),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "final_loss": regress["history"][-1]["loss"],
+    data = {
+        "world": card.data.get("world", "shapes"),
+        "images_seen": regress["steps"] * regress["batch"],
+        "init_from": str(parent),
+        "ode_pairs": pairs,
+        "stage": f"scripts/probe_pair_fit.py --regress-steps {regress['steps']}: DMD2's regression loss alone (Adam, "
+        f"lr {regress['lr']}, batch {regress['batch']}, float32), final loss {regress['history'][-1]['loss']}",
     }
-    data = {**card.data, "init_from": card.id, "stages": [*card.data.get("stages", []), stage]}
+    data, seconds = with_earlier_stages(data, gpu_seconds, str(parent), directory.name, str(directory), device_name(device))
     card = dataclasses.replace(
         card,
         id=directory.name,
         path=None,
         data=data,
-        train_gpu_seconds=round((card.train_gpu_seconds or 0.0) + stage["train_gpu_seconds"], 1),
-        device=stage["device"],
-        metrics={},  # the parent's metrics are not this network's: `bench image` measures it
+        train_gpu_seconds=seconds,
+        device=device_name(device),
+        metrics={},
         description=f"{card.id} fine-tuned on DMD2's regression loss alone for {regress['steps']} steps "
-        f"({len(pairs)} teacher ODE pairs): the pair-fit probe's capacity test, exported to be benched.",
+        f"({pairs['count']} teacher ODE pairs): the pair-fit probe's capacity test, exported to be benched.",
     )
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(parent / "scheduler")  # the parent's shift and sampling
     return export_checkpoint(student, directory, card, scheduler=scheduler)
@@ -331,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
             "after": both(f"after {args.regress_steps} regression steps on {len(pairs)} pairs"),
         }
         if args.save is not None:
-            save_fine_tune(student, args.student, args.save, result["regress"], pairs, device)
+            gpu_seconds = pairs.seconds + result["regress"]["seconds"] if device.type == "cuda" else None
+            save_fine_tune(student, args.student, args.save, result["regress"], pairs.card_entry(), gpu_seconds, device)
     if args.out is not None:
 
         def plain(f: Fit) -> dict:

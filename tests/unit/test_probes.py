@@ -508,10 +508,10 @@ def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_
     from trainer.networks import load_network
 
     card, parent = load_card(saved), load_card(parent_dir)
-    assert card.id == "tiny-regfit" and card.role == parent.role and card.data["init_from"] == parent.id
-    stage = card.data["stages"][-1]
-    assert stage["steps"] == 20 and stage["ode_pairs"]["count"] == 6 and stage["final_loss"] == history[-1]["loss"]
-    assert card.train_gpu_seconds == pytest.approx((parent.train_gpu_seconds or 0) + stage["train_gpu_seconds"], abs=0.2)
+    assert card.id == "tiny-regfit" and card.role == parent.role and card.data["init_from"] == str(parent_dir)
+    assert card.data["ode_pairs"]["count"] == 6 and card.data["images_seen"] == 20 * 6
+    assert "--regress-steps 20" in card.data["stage"] and str(history[-1]["loss"]) in card.data["stage"]
+    assert card.train_gpu_seconds is None and "stages" not in card.data  # a CPU stage, as the trainer reports one
     assert card.metrics == {} and (saved / "README.md").is_file()
     assert json.loads((saved / "scheduler" / "scheduler_config.json").read_text())["shift"] == 2.5  # the parent's sampler
     from engines.text_encoder import TextEncoder
@@ -542,6 +542,16 @@ def test_pair_fit_probe_regresses_on_its_pairs_and_refuses_bad_input(tiny_image_
         with pytest.raises(SystemExit, match=message):
             pair_fit.main(bad)
     assert (saved / "card.json").read_text() == saved_card and not (tmp_path / "no spaces").exists()
+    # on a GPU the stage joins the parent student's stages and its cost adds to theirs (`with_earlier_stages`)
+    card_file = parent_dir / "card.json"
+    card_file.write_text(json.dumps(json.loads(card_file.read_text()) | {"role": "student", "train_gpu_seconds": 100.0}))
+    entry = {"count": 6, "teacher": "tiny-cpu", "steps": 3, "guidance": 1.0, "made_in_s": 2.0}
+    gpu = pair_fit.save_fine_tune(
+        load_network(saved), parent_dir, tmp_path / "tiny-regfit-gpu", result["regress"], entry, 12.5, torch.device("cpu")
+    )
+    card = load_card(gpu)
+    assert card.train_gpu_seconds == 112.5 and [s["train_gpu_seconds"] for s in card.data["stages"]] == [100.0, 12.5]
+    assert card.data["stages"][-1]["ode_pairs"] == entry and card.data["stages"][0]["model"] == parent.id
     with pytest.raises(ValueError, match="run seed other than 0"):
         pair_fit.pair_seeds(3, run_seed=1)
     with pytest.raises(ValueError, match="2 scenes but 1 seeds"):
